@@ -1,0 +1,1 @@
+"""Metric definitions (Prometheus), the Grafana dashboard and the alert rules."""

@@ -1,0 +1,63 @@
+"""Every Prometheus metric LiveAlign exports, defined once.
+
+Labels let an operator look at one adapter version or one canary arm
+(``adapter``, ``arm``) and at one topic or feedback kind.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
+
+# --- serving -----------------------------------------------------------------------
+REQUESTS = Counter(
+    "livealign_chat_requests_total",
+    "Chat completion requests by outcome.",
+    ["adapter", "arm", "stream", "status"],
+)
+REQUEST_LATENCY = Histogram(
+    "livealign_chat_latency_seconds",
+    "Time from request to last token.",
+    ["adapter", "arm", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "livealign_chat_ttft_seconds",
+    "Time from request to first generated token.",
+    ["adapter", "arm", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "livealign_chat_tokens_total",
+    "Tokens processed, by prompt/completion.",
+    ["adapter", "arm", "type"],
+)
+IN_FLIGHT = Gauge("livealign_chat_in_flight", "Chat requests being generated now.", ["adapter"])
+FEEDBACK = Counter(
+    "livealign_feedback_total",
+    "Feedback events by kind and outcome (accepted, or the reason for rejection).",
+    ["kind", "result"],
+)
+
+# --- producer ------------------------------------------------------------------------
+PRODUCER_SENT = Counter(
+    "livealign_producer_sent_total", "Events acknowledged by the broker.", ["topic"]
+)
+PRODUCER_FAILURES = Counter(
+    "livealign_producer_failures_total", "Broker sends that failed (then spooled).", ["topic"]
+)
+PRODUCER_SPOOLED = Counter(
+    "livealign_producer_spooled_total", "Events written to the disk spool.", ["topic"]
+)
+PRODUCER_SPOOL_FULL = Counter(
+    "livealign_producer_spool_full_total",
+    "Events refused because the disk spool was full.",
+    ["topic"],
+)
+PRODUCER_REPLAYED = Counter(
+    "livealign_producer_replayed_total", "Spooled events delivered after an outage.", ["topic"]
+)
+SPOOL_DEPTH = Gauge("livealign_producer_spool_depth", "Events waiting in the disk spool.")
+SPOOL_BYTES = Gauge("livealign_producer_spool_bytes", "Bytes waiting in the disk spool.")
+PRODUCER_QUEUE = Gauge("livealign_producer_queue_depth", "Events waiting in memory to be sent.")

@@ -1,0 +1,1 @@
+"""Ray Serve app: OpenAI-compatible chat on vLLM, the feedback API, adapter routing."""

@@ -1,0 +1,221 @@
+"""The Ray Serve application: one ingress deployment wrapping vLLM's AsyncLLM.
+
+Routes: ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
+``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``.
+One deployment on purpose: chat, feedback and the producer share a process with the
+engine, so a request costs no extra actor hop (see bench/serving_overhead.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from ray import serve
+from ray.serve.deployment import Application
+
+from serving import chat, tokens
+from serving.config import ServingConfig
+from serving.engine import Engine
+from serving.feedback import FeedbackDesk, FeedbackResult
+from serving.protocol import (
+    APIError,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorResponse,
+    LiveAlignInfo,
+    ModelCard,
+    ModelList,
+)
+from streaming.events import TOPIC_INTERACTIONS, FeedbackIn, InteractionEvent, new_id
+from streaming.producer import EventProducer
+from streaming.spool import SpoolFull
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(
+    title="LiveAlign",
+    summary="OpenAI-compatible chat that learns from its users' feedback.",
+    version="0.1.0",
+)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 422, 503)
+}
+
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.json(), status_code=exc.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # OpenAI answers malformed requests with 400 invalid_request_error.
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        err = APIError(400, "request body is not valid JSON", code="invalid_json")
+    else:
+        parts = []
+        for e in errors:
+            loc = ".".join(str(p) for p in e["loc"][1:]) or "body"  # drop the leading "body"
+            parts.append(f"{loc}: {str(e['msg']).removeprefix('Value error, ')}")
+        err = APIError(400, "; ".join(parts), param=parts[0].split(":")[0] if parts else None)
+    return JSONResponse(err.json(), status_code=err.status)
+
+
+def _check_size(request: Request, limit: int) -> None:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"request body is {length} bytes; at most {limit}", code="too_large")
+
+
+@serve.deployment(name="ChatServer")
+@serve.ingress(api)
+class ChatServer:
+    def __init__(self, config: ServingConfig) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.config = config
+        self.engine = Engine(config.engine)
+        self.producer = EventProducer(config.producer).start()
+        self.secret = config.feedback_secret.get_secret_value().encode()
+        self.salt = config.user_hash_salt.get_secret_value().encode()
+        self.feedback = FeedbackDesk(
+            self.producer, self.secret, config.max_feedback_batch, config.delivery_timeout_s
+        )
+
+    # --- chat ---------------------------------------------------------------------------
+    @api.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses={**ERRORS, 200: {"description": "A completion, or SSE chunks if stream"}},
+    )
+    async def chat_completions(
+        self, body: ChatCompletionRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        _check_size(request, self.config.max_body_bytes)
+        if body.model != self.config.engine.served_model_name:
+            raise APIError(
+                404,
+                f"The model `{body.model}` does not exist; "
+                f"this server serves `{self.config.engine.served_model_name}`.",
+                code="model_not_found",
+                param="model",
+            )
+        turn = self._turn(body, request)
+        headers = {
+            "X-LiveAlign-Response-Id": turn.info.response_id,
+            "X-LiveAlign-Conversation-Id": turn.info.conversation_id,
+            "X-LiveAlign-Feedback-Token": turn.info.feedback_token,
+            "X-LiveAlign-Adapter": turn.info.adapter,
+        }
+        if body.stream:
+            return StreamingResponse(
+                chat.stream(self.engine, turn, self._emit),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache"},
+            )
+        result = await chat.complete(self.engine, turn, self._emit)
+        return JSONResponse(result.model_dump(mode="json"), headers=headers)
+
+    def _turn(self, body: ChatCompletionRequest, request: Request) -> chat.Turn:
+        conversation_id = (
+            body.conversation_id or request.headers.get("x-conversation-id") or new_id("conv")
+        )
+        user_hash = tokens.hash_user(self.salt, body.user) if body.user else None
+        route = chat.Route()  # adapter routing and canaries plug in here
+        prompt_ids = self.engine.render(body.chat_messages())
+        params = chat.sampling_params(
+            body,
+            len(prompt_ids),
+            self.config.engine.max_model_len,
+            self.config.default_max_tokens,
+        )
+        response_id = chat.new_response_id()
+        token = tokens.issue(
+            self.secret,
+            response_id,
+            conversation_id,
+            user_hash,
+            self.config.feedback_token_ttl_s,
+        )
+        info = LiveAlignInfo(
+            response_id=response_id,
+            conversation_id=conversation_id,
+            adapter=route.adapter,
+            arm=route.arm,
+            feedback_token=token,
+        )
+        return chat.Turn(body, info, route, prompt_ids, params, user_hash)
+
+    def _emit(self, event: InteractionEvent) -> None:
+        try:
+            self.producer.submit(TOPIC_INTERACTIONS, event.conversation_id, event)
+        except SpoolFull:
+            pass  # counted and logged by the producer; the user still gets the answer
+
+    # --- feedback -----------------------------------------------------------------------
+    @api.post(
+        "/v1/feedback",
+        status_code=202,
+        response_model=FeedbackResult,
+        responses=ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": FeedbackIn.model_json_schema()}},
+                "description": 'One event, or {"events": [event, ...]} for a batch.',
+            }
+        },
+    )
+    async def post_feedback(self, request: Request) -> JSONResponse:
+        _check_size(request, self.config.max_body_bytes)
+        raw = await request.body()
+        if len(raw) > self.config.max_body_bytes:
+            raise APIError(413, f"request body is larger than {self.config.max_body_bytes} bytes")
+        items, batch = self.feedback.parse(raw)
+        result = await self.feedback.accept(items)
+        if not batch and result.rejected:
+            first = result.rejected[0]
+            raise APIError(first.status, first.error, code=None)
+        status = 202 if result.accepted else max(r.status for r in result.rejected)
+        return JSONResponse(result.model_dump(mode="json"), status_code=status)
+
+    # --- the rest -----------------------------------------------------------------------
+    @api.get("/v1/models", response_model=ModelList)
+    async def models(self) -> ModelList:
+        name = self.config.engine.served_model_name
+        return ModelList(data=[ModelCard(id=name, root=self.config.engine.model_path)])
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        await self.engine.check_health()
+        return {"status": "ok", "spooled_events": len(self.producer.spool)}
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def check_health(self) -> None:
+        """Ray Serve's own liveness probe: an engine that died takes the replica down."""
+        if self.engine.llm.errored:
+            raise RuntimeError("vLLM engine is dead")
+
+    def __del__(self) -> None:
+        producer = getattr(self, "producer", None)
+        if producer is not None:
+            producer.close()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+def build_app(config: ServingConfig) -> Application:
+    return ChatServer.options(
+        ray_actor_options={"num_cpus": config.replica_num_cpus},
+        max_ongoing_requests=config.max_ongoing_requests,
+    ).bind(config)
+

@@ -1,0 +1,40 @@
+"""Serving configuration: one typed object, built by ``livealign.config`` and passed down."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+from streaming.producer import ProducerConfig
+
+
+class EngineConfig(BaseModel):
+    """How vLLM runs the model (mirrors the vLLM engine arguments we use)."""
+
+    model_path: str = Field(description="HF-format model folder served by vLLM.")
+    served_model_name: str = Field("livealign", description="Name clients pass as `model`.")
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    kv_cache_gib: int = Field(1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    enable_lora: bool = True
+    max_loras: int = 2
+    max_lora_rank: int = 16
+    max_num_seqs: int = 64
+    enforce_eager: bool = False
+
+
+class ServingConfig(BaseModel):
+    engine: EngineConfig
+    producer: ProducerConfig = Field(default_factory=ProducerConfig)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_max_tokens: int = Field(256, description="max_tokens when a request sets none.")
+    feedback_secret: SecretStr = Field(description="HMAC key for feedback tokens.")
+    user_hash_salt: SecretStr = Field(description="Salt for hashing the OpenAI `user` field.")
+    feedback_token_ttl_s: int = Field(7 * 24 * 3600, description="How long feedback is taken.")
+    max_feedback_batch: int = Field(100, description="Most events in one feedback batch.")
+    max_body_bytes: int = Field(1024 * 1024, description="Largest request body accepted.")
+    delivery_timeout_s: float = Field(
+        15.0, description="How long a feedback request waits for broker ack or disk spool."
+    )
+    replica_num_cpus: float = 0.5
+    max_ongoing_requests: int = 128

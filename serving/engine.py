@@ -1,0 +1,66 @@
+"""The vLLM engine a replica wraps: vLLM's ``AsyncLLM``, plus the chat template."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from transformers import AutoTokenizer
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
+from vllm.outputs import RequestOutput
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from serving.config import EngineConfig
+from streaming.events import ChatMessage
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        # vLLM's CPU backend sizes its KV cache from the environment, not from args.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        args = AsyncEngineArgs(
+            model=config.model_path,
+            served_model_name=[config.served_model_name],
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            enable_lora=config.enable_lora,
+            max_loras=config.max_loras,
+            max_lora_rank=config.max_lora_rank,
+            enforce_eager=config.enforce_eager,
+            disable_log_stats=True,
+        )
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(config.model_path)
+        self.eos_token_id: int | None = self.tokenizer.eos_token_id
+
+    def render(self, messages: list[ChatMessage]) -> list[int]:
+        """Token ids of the chat prompt, ending where the assistant's answer starts."""
+        text = self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
+        )
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        lora: LoRARequest | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        return self.llm.generate(
+            {"prompt_token_ids": prompt_ids}, params, request_id, lora_request=lora
+        )
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

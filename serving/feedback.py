@@ -1,0 +1,136 @@
+"""``POST /v1/feedback``: validate feedback, check its token, hand it to the producer.
+
+A body is one event or ``{"events": [...]}``. Each item is judged on its own: a bad
+item is reported (with the status it would get alone) and the others still go through.
+An item is accepted only once the broker acknowledged it or it is safe in the disk spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from monitoring import metrics as m
+from serving import tokens
+from serving.protocol import APIError
+from streaming.events import (
+    TOPIC_FEEDBACK,
+    FeedbackEvent,
+    FeedbackIn,
+    new_id,
+    now_ms,
+)
+from streaming.producer import EventProducer
+from streaming.spool import SpoolFull
+
+
+class Rejected(BaseModel):
+    index: int
+    status: int
+    error: str
+    event_id: str | None = None
+
+
+class FeedbackResult(BaseModel):
+    accepted: list[str]
+    rejected: list[Rejected] = []
+
+
+@dataclass
+class FeedbackDesk:
+    producer: EventProducer
+    secret: bytes
+    max_batch: int
+    delivery_timeout_s: float
+
+    def parse(self, body: bytes) -> tuple[list[Any], bool]:
+        """The raw items and whether the body was a batch; 400/413 for a bad envelope."""
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"request body is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and "events" in data:
+            items = data["events"]
+            if not isinstance(items, list) or not items:
+                raise APIError(422, "events: must be a non-empty list", param="events")
+            if len(items) > self.max_batch:
+                raise APIError(
+                    413,
+                    f"events: {len(items)} events in one batch; at most {self.max_batch}",
+                    code="batch_too_large",
+                    param="events",
+                )
+            return items, True
+        return [data], False
+
+    async def accept(self, items: list[Any]) -> FeedbackResult:
+        result = FeedbackResult(accepted=[])
+        waits: list[tuple[int, FeedbackEvent, asyncio.Future[str]]] = []
+        for index, raw in enumerate(items):
+            try:
+                event = self._validate(raw)
+                fut = asyncio.wrap_future(
+                    self.producer.submit(TOPIC_FEEDBACK, event.conversation_id, event)
+                )
+                waits.append((index, event, fut))
+            except APIError as err:
+                m.FEEDBACK.labels(_kind(raw), err.body.error.code or "invalid").inc()
+                result.rejected.append(Rejected(index=index, status=err.status, error=str(err)))
+        for index, event, fut in waits:
+            try:
+                await asyncio.wait_for(fut, self.delivery_timeout_s)
+            except (SpoolFull, TimeoutError) as exc:
+                # Not durable yet: the client must retry with the same event_id.
+                m.FEEDBACK.labels(event.kind.value, "unavailable").inc()
+                result.rejected.append(
+                    Rejected(
+                        index=index,
+                        status=503,
+                        error=f"not stored, retry with the same event_id ({exc or 'timeout'})",
+                        event_id=event.event_id,
+                    )
+                )
+                continue
+            m.FEEDBACK.labels(event.kind.value, "accepted").inc()
+            result.accepted.append(event.event_id)
+        result.rejected.sort(key=lambda r: r.index)
+        return result
+
+    def _validate(self, raw: Any) -> FeedbackEvent:
+        try:
+            item = FeedbackIn.model_validate(raw)
+        except ValidationError as exc:
+            raise APIError(422, describe(exc), code="invalid_value") from exc
+        try:
+            claims = tokens.verify(self.secret, item.response_id, item.feedback_token)
+        except tokens.TokenError as exc:
+            raise APIError(403, str(exc), type_="permission_error", code="bad_token") from exc
+        return FeedbackEvent(
+            event_id=item.event_id or new_id("fb"),
+            response_id=item.response_id,
+            conversation_id=claims.conversation_id,
+            user_hash=claims.user_hash,
+            kind=item.kind,
+            value=item.value,
+            client_ts=item.client_ts,
+            received_ms=now_ms(),
+        )
+
+
+def _kind(raw: Any) -> str:
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    return kind if kind in {"thumb", "rating", "edit", "comment", "click", "dwell"} else "unknown"
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, each naming the field: ``kind: Input should be ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(msg if msg.startswith(f"{loc}:") or not err["loc"] else f"{loc}: {msg}")
+    return "; ".join(parts)

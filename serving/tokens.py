@@ -1,0 +1,77 @@
+"""Feedback tokens: proof that the sender received the response it rates.
+
+A token is ``<payload>.<signature>``: the payload (base64url JSON) carries the
+conversation id, the hashed user and the expiry; the signature is an HMAC-SHA256 with
+the server secret over the response id and that payload. The response id is not in the
+token, so a token lifted from one response is worthless for another. Stateless: any
+replica can verify any token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+
+class TokenError(ValueError):
+    """The token is malformed, forged, for another response, or expired."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    conversation_id: str
+    user_hash: str | None
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, response_id: str, payload: str) -> str:
+    mac = hmac.new(secret, f"{response_id}\n{payload}".encode(), hashlib.sha256)
+    return _b64(mac.digest())
+
+
+def issue(
+    secret: bytes,
+    response_id: str,
+    conversation_id: str,
+    user_hash: str | None,
+    ttl_s: int,
+    now: float | None = None,
+) -> str:
+    expires_at = int((now if now is not None else time.time()) + ttl_s)
+    claims = {"c": conversation_id, "u": user_hash, "e": expires_at}
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{payload}.{_sign(secret, response_id, payload)}"
+
+
+def verify(secret: bytes, response_id: str, token: str, now: float | None = None) -> TokenClaims:
+    """Return the token's claims, or raise ``TokenError`` saying why not."""
+    payload, _, signature = token.partition(".")
+    if not payload or not signature:
+        raise TokenError("feedback_token is malformed")
+    if not hmac.compare_digest(signature, _sign(secret, response_id, payload)):
+        raise TokenError("feedback_token does not match this response_id")
+    try:
+        claims = json.loads(_unb64(payload))
+        result = TokenClaims(str(claims["c"]), claims.get("u"), int(claims["e"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TokenError("feedback_token is malformed") from exc
+    if result.expires_at < (now if now is not None else time.time()):
+        raise TokenError("feedback_token has expired")
+    return result
+
+
+def hash_user(salt: bytes, user: str) -> str:
+    """A stable pseudonym for the OpenAI ``user`` field; the raw value never leaves."""
+    return hmac.new(salt, user.encode(), hashlib.sha256).hexdigest()[:32]

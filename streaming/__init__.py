@@ -1,0 +1,1 @@
+"""Kafka contract, producer with disk spool, embedded broker (and later: the processor)."""

@@ -1,0 +1,163 @@
+"""The event contract between serving, the stream processor and the trainer.
+
+Every event is a pydantic model with a ``schema_version``; ``python -m streaming.events``
+regenerates the JSON Schema files in ``streaming/schemas/`` so that non-Python clients
+(the feedback widget, other services) can validate against the same contract.
+Both topics are keyed by conversation id, so one conversation lives in one partition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+TOPIC_INTERACTIONS = "livealign.interactions"
+TOPIC_FEEDBACK = "livealign.feedback"
+TOPIC_PREFERENCES = "livealign.preferences"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation as the model saw it."""
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class InteractionEvent(BaseModel):
+    """One answered chat request: what the model was asked and what it said."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_type: Literal["interaction"] = "interaction"
+    response_id: str
+    conversation_id: str
+    user_hash: str | None = Field(None, description="Salted hash of the OpenAI `user` field.")
+    model: str = Field(description="Served model name the client asked for.")
+    adapter: str = Field(description='Adapter version that answered; "base" for none.')
+    arm: str = Field(description='Canary arm: "stable" or "canary".')
+    messages: list[ChatMessage]
+    completion: str
+    finish_reason: str | None = None
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    stream: bool = False
+    ttft_ms: float = Field(ge=0, description="Time to first token.")
+    latency_ms: float = Field(ge=0, description="Time from request to last token.")
+    created_ms: int = Field(description="Server time the request arrived (unix ms).")
+
+
+class FeedbackKind(StrEnum):
+    thumb = "thumb"
+    rating = "rating"
+    edit = "edit"
+    comment = "comment"
+    click = "click"
+    dwell = "dwell"
+
+
+ClickTarget = Literal["copy", "regenerate", "link", "share"]
+MAX_TEXT_CHARS = 32_000
+
+
+class FeedbackIn(BaseModel):
+    """What a client sends to ``POST /v1/feedback`` for one response.
+
+    ``value`` depends on ``kind``: thumb ±1, rating 1..5, edit the corrected full
+    text, comment free text, click one of copy/regenerate/link/share, dwell the
+    milliseconds the answer was visible.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: Annotated[str, Field(min_length=1, max_length=200)]
+    feedback_token: Annotated[str, Field(min_length=1, max_length=500)]
+    kind: FeedbackKind
+    value: int | float | str
+    event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="Idempotency key; the server makes one if absent."
+    )
+    client_ts: int | None = Field(None, description="Client clock, unix ms.")
+
+    @model_validator(mode="after")
+    def _check_value(self) -> FeedbackIn:
+        check_value(self.kind, self.value)
+        return self
+
+
+def check_value(kind: FeedbackKind, value: int | float | str) -> None:
+    """Raise ValueError naming what is wrong with ``value`` for this ``kind``."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is FeedbackKind.thumb:
+        if not (is_number and value in (1, -1)):
+            raise ValueError("value: a thumb is +1 or -1")
+    elif kind is FeedbackKind.rating:
+        if not (is_number and float(value).is_integer() and 1 <= float(value) <= 5):
+            raise ValueError("value: a rating is an integer from 1 to 5")
+    elif kind in (FeedbackKind.edit, FeedbackKind.comment):
+        if not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"value: a {kind.value} is a non-empty string")
+        if len(value) > MAX_TEXT_CHARS:
+            raise ValueError(f"value: a {kind.value} is at most {MAX_TEXT_CHARS} characters")
+    elif kind is FeedbackKind.click:
+        if value not in ("copy", "regenerate", "link", "share"):
+            raise ValueError("value: a click is one of copy, regenerate, link, share")
+    elif kind is FeedbackKind.dwell and not (is_number and 0 <= value <= 86_400_000):
+        raise ValueError("value: dwell is milliseconds visible, from 0 to 86400000")
+
+
+class FeedbackEvent(BaseModel):
+    """One accepted piece of feedback, as it travels on ``livealign.feedback``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_type: Literal["feedback"] = "feedback"
+    event_id: str
+    response_id: str
+    conversation_id: str
+    user_hash: str | None = None
+    kind: FeedbackKind
+    value: int | float | str
+    client_ts: int | None = None
+    received_ms: int
+
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "interaction_event": InteractionEvent,
+    "feedback_event": FeedbackEvent,
+    "feedback_in": FeedbackIn,
+}
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Write one JSON Schema file per event model; returns the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, model in SCHEMAS.items():
+        path = directory / f"{name}.v{SCHEMA_VERSION}.json"
+        path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for p in write_schemas():
+        print(p)

@@ -1,0 +1,233 @@
+"""Event producer: never blocks a request, never loses an accepted event.
+
+``submit()`` puts the event on a bounded in-memory queue and returns a future at once.
+One sender thread moves events to Kafka (kafka-python, lz4, ``acks="all"``). When the
+broker cannot take them (down, restarting, timing out), events go to a bounded on-disk
+spool, and the sender replays the spool in order once the broker answers again,
+recreating the producer first (an idempotent producer's session does not survive a
+broker restart). The future resolves to ``"sent"`` once the broker acknowledged the
+event or ``"spooled"`` once it is safe on disk; it fails with ``SpoolFull`` only when
+both are impossible, which is counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kafka import KafkaProducer
+from pydantic import BaseModel
+
+from monitoring import metrics as m
+from streaming.spool import Spool, SpoolFull
+
+log = logging.getLogger(__name__)
+
+Delivery = Literal["sent", "spooled"]
+
+
+class ProducerConfig(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    spool_dir: Path = Path("var/spool")
+    spool_max_bytes: int = 256 * 1024 * 1024
+    queue_size: int = 10_000
+    linger_ms: int = 5
+    request_timeout_ms: int = 3_000
+    delivery_timeout_ms: int = 5_000  # after this an unacknowledged event is spooled
+    max_block_ms: int = 2_000
+    compression_type: str = "lz4"
+    replay_batch: int = 500
+    max_backoff_s: float = 5.0
+
+
+@dataclass
+class _Item:
+    topic: str
+    key: bytes | None
+    value: bytes
+    future: Future[Delivery] = field(default_factory=Future)
+
+
+class EventProducer:
+    def __init__(self, config: ProducerConfig) -> None:
+        self.config = config
+        self.spool = Spool.claim(config.spool_dir, config.spool_max_bytes)
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=config.queue_size)
+        self._producer: KafkaProducer | None = None
+        self._broken = threading.Event()  # set from kafka-python's I/O thread on errors
+        self._stop = threading.Event()
+        self._backoff = 0.0
+        self._next_try = 0.0
+        self._thread = threading.Thread(target=self._run, name="livealign-producer", daemon=True)
+        self._update_gauges()
+
+    # --- public ---------------------------------------------------------------------
+    def start(self) -> EventProducer:
+        self._thread.start()
+        return self
+
+    def submit(self, topic: str, key: str | None, event: BaseModel) -> Future[Delivery]:
+        """Queue ``event`` for ``topic``; never blocks. Raises ``SpoolFull``."""
+        item = _Item(topic, key.encode() if key else None, event.model_dump_json().encode())
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            # Memory queue is full (a burst, or a slow broker): disk takes the overflow.
+            self._spool_item(item)
+        m.PRODUCER_QUEUE.set(self._queue.qsize())
+        return item.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the sender; whatever the broker has not acknowledged stays in the spool."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._drop_producer(flush_timeout=min(timeout, 5.0))
+        while True:
+            try:
+                self._spool_item(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self.spool.close()
+
+    @property
+    def pending(self) -> int:
+        """Events not yet acknowledged by the broker (queued or spooled)."""
+        return self._queue.qsize() + len(self.spool)
+
+    # --- sender thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._broken.is_set():
+                self._drop_producer(flush_timeout=0.0)
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._handle(item)
+            elif len(self.spool) and time.monotonic() >= self._next_try:
+                self._replay()
+            m.PRODUCER_QUEUE.set(self._queue.qsize())
+
+    def _handle(self, item: _Item) -> None:
+        # Keep order: while older events wait in the spool, newer ones queue behind them.
+        if len(self.spool) or self._ensure_producer() is None:
+            self._spool_item(item)
+            return
+        try:
+            fut = self._send(item.topic, item.key, item.value)
+        except Exception as exc:  # KafkaTimeoutError when metadata is unavailable
+            self._on_error(item, exc)
+            return
+        fut.add_callback(lambda _md: self._on_sent(item))
+        fut.add_errback(lambda exc: self._on_error(item, exc))
+
+    def _on_sent(self, item: _Item) -> None:
+        m.PRODUCER_SENT.labels(item.topic).inc()
+        if not item.future.done():
+            item.future.set_result("sent")
+
+    def _on_error(self, item: _Item, exc: BaseException) -> None:
+        m.PRODUCER_FAILURES.labels(item.topic).inc()
+        if not self._broken.is_set():  # one line per outage, not one per event
+            log.warning("send to %s failed (%s); spooling until the broker is back", item.topic, exc)
+        self._broken.set()
+        self._spool_item(item)
+
+    def _spool_item(self, item: _Item) -> None:
+        try:
+            self.spool.append(item.topic, item.key, item.value)
+        except SpoolFull as exc:
+            m.PRODUCER_SPOOL_FULL.labels(item.topic).inc()
+            log.error("event for %s refused: %s", item.topic, exc)
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        m.PRODUCER_SPOOLED.labels(item.topic).inc()
+        self._update_gauges()
+        if not item.future.done():
+            item.future.set_result("spooled")
+
+    def _replay(self) -> None:
+        """Deliver the oldest spooled events; on failure back off and try again later."""
+        if self._ensure_producer() is None:
+            return
+        batch = self.spool.peek(self.config.replay_batch)
+        delivered = []
+        try:
+            futures = [(r, self._send(r.topic, r.key, r.value)) for r in batch]
+            timeout = self.config.delivery_timeout_ms / 1000 + 1
+            for record, fut in futures:
+                fut.get(timeout=timeout)
+                delivered.append(record)
+        except Exception as exc:
+            log.warning("spool replay stopped after %d events: %s", len(delivered), exc)
+            self._broken.set()
+        self.spool.remove(delivered)
+        for r in delivered:
+            m.PRODUCER_REPLAYED.labels(r.topic).inc()
+            m.PRODUCER_SENT.labels(r.topic).inc()
+        self._update_gauges()
+        if delivered:
+            log.info("replayed %d spooled events, %d left", len(delivered), len(self.spool))
+
+    def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        assert self._producer is not None
+        return self._producer.send(topic, key=key, value=value)
+
+    def _ensure_producer(self) -> KafkaProducer | None:
+        if self._producer is not None:
+            return self._producer
+        if time.monotonic() < self._next_try:
+            return None
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.config.bootstrap_servers.split(","),
+                acks="all",
+                compression_type=self.config.compression_type,
+                linger_ms=self.config.linger_ms,
+                request_timeout_ms=self.config.request_timeout_ms,
+                delivery_timeout_ms=self.config.delivery_timeout_ms,
+                max_block_ms=self.config.max_block_ms,
+                reconnect_backoff_max_ms=1_000,
+                client_id="livealign-serving",
+            )
+            self._broken.clear()
+            self._backoff = 0.0
+            log.info("Kafka producer created for %s", self.config.bootstrap_servers)
+        except Exception as exc:
+            self._schedule_retry(exc)
+        return self._producer
+
+    def _drop_producer(self, flush_timeout: float) -> None:
+        """Close the current producer; unacknowledged sends fail over to the spool."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                if flush_timeout > 0:
+                    producer.flush(timeout=flush_timeout)
+            except Exception as exc:
+                log.warning("flush failed on close: %s", exc)
+            try:
+                producer.close(timeout=0)
+            except Exception as exc:
+                log.warning("producer close failed: %s", exc)
+            self._schedule_retry(None)
+        self._broken.clear()
+
+    def _schedule_retry(self, exc: Exception | None) -> None:
+        self._backoff = min(self.config.max_backoff_s, max(0.25, self._backoff * 2))
+        self._next_try = time.monotonic() + self._backoff
+        if exc is not None:
+            log.warning("Kafka unavailable (%s); retrying in %.1fs", exc, self._backoff)
+
+    def _update_gauges(self) -> None:
+        m.SPOOL_DEPTH.set(len(self.spool))
+        m.SPOOL_BYTES.set(self.spool.bytes)

@@ -1,0 +1,36 @@
+"""Create LiveAlign's topics (idempotently) on whatever Kafka we are pointed at."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streaming.events import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, TOPIC_PREFERENCES
+
+log = logging.getLogger(__name__)
+TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_PREFERENCES)
+
+
+def ensure_topics(bootstrap: str, partitions: int = 4, replication: int = 1) -> None:
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="livealign-admin",
+        request_timeout_ms=10_000,
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in TOPICS if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=replication)
+                     for t in missing],
+                    timeout_ms=10_000,
+                )
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another process
+            log.info("created topics %s with %d partitions", missing, partitions)
+    finally:
+        admin.close()
