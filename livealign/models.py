@@ -58,8 +58,7 @@ def prepare_smollm2(cache_dir: Path) -> Path:
     )
     # The GGUF loader records the quantization it came from; the saved weights are
     # plain bf16, and vLLM would refuse a config that still claims GGUF quantization.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (not a declared attribute)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +93,8 @@ def prepare_tiny(cache_dir: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         dtype="bfloat16",
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config)
+    model.to(torch.bfloat16)  # type: ignore[arg-type]  # in place; stubs miss the overload
     cache_dir.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     model.save_pretrained(build, safe_serialization=True)

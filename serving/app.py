@@ -8,6 +8,7 @@ engine, so a request costs no extra actor hop (see bench/serving_overhead.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -152,10 +153,9 @@ class ChatServer:
         return chat.Turn(body, info, route, prompt_ids, params, user_hash)
 
     def _emit(self, event: InteractionEvent) -> None:
-        try:
+        # A full spool is counted and logged by the producer; the user still gets the answer.
+        with contextlib.suppress(SpoolFull):
             self.producer.submit(TOPIC_INTERACTIONS, event.conversation_id, event)
-        except SpoolFull:
-            pass  # counted and logged by the producer; the user still gets the answer
 
     # --- feedback -----------------------------------------------------------------------
     @api.post(
@@ -214,8 +214,7 @@ class ChatServer:
 
 
 def build_app(config: ServingConfig) -> Application:
-    return ChatServer.options(
+    return ChatServer.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": config.replica_num_cpus},
         max_ongoing_requests=config.max_ongoing_requests,
     ).bind(config)
-

@@ -200,31 +200,35 @@ async def stream(
     """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
     created = int(time.time())
 
-    def chunk(delta: Delta, finish: str | None = None, **extra: object) -> str:
+    def chunk(delta: Delta, finish: str | None = None, info: LiveAlignInfo | None = None) -> str:
         choice = ChunkChoice(delta=delta, finish_reason=finish)
         return ChatCompletionChunk(
             id=turn.info.response_id,
             created=created,
             model=turn.request.model,
             choices=[choice],
-            **extra,  # type: ignore[arg-type]
+            livealign=info,
         ).sse()
 
     status = "error"
     try:
-        yield chunk(Delta(role="assistant", content=""), livealign=turn.info)
+        yield chunk(Delta(role="assistant", content=""), info=turn.info)
         async for text in run(engine, turn):
             yield chunk(Delta(content=text))
         yield chunk(Delta(), finish=turn.finish_reason)
         opts = turn.request.stream_options
         if opts is not None and opts.include_usage:
-            yield ChatCompletionChunk(
-                id=turn.info.response_id,
-                created=created,
-                model=turn.request.model,
-                choices=[],
-                usage=turn.usage(),
-            ).model_dump_json(exclude_none=True).join(("data: ", "\n\n"))
+            yield (
+                ChatCompletionChunk(
+                    id=turn.info.response_id,
+                    created=created,
+                    model=turn.request.model,
+                    choices=[],
+                    usage=turn.usage(),
+                )
+                .model_dump_json(exclude_none=True)
+                .join(("data: ", "\n\n"))
+            )
         yield "data: [DONE]\n\n"
         status = "ok"
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 
 from streaming.producer import ProducerConfig
@@ -12,12 +14,12 @@ class EngineConfig(BaseModel):
 
     model_path: str = Field(description="HF-format model folder served by vLLM.")
     served_model_name: str = Field("livealign", description="Name clients pass as `model`.")
-    dtype: str = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     max_model_len: int = 2048
     kv_cache_gib: int = Field(1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     enable_lora: bool = True
     max_loras: int = 2
-    max_lora_rank: int = 16
+    max_lora_rank: Literal[8, 16, 32, 64] = 16
     max_num_seqs: int = 64
     enforce_eager: bool = False
 

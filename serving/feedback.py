@@ -69,7 +69,7 @@ class FeedbackDesk:
 
     async def accept(self, items: list[Any]) -> FeedbackResult:
         result = FeedbackResult(accepted=[])
-        waits: list[tuple[int, FeedbackEvent, asyncio.Future[str]]] = []
+        waits: list[tuple[int, FeedbackEvent, asyncio.Future[Any]]] = []
         for index, raw in enumerate(items):
             try:
                 event = self._validate(raw)

@@ -44,7 +44,7 @@ class InteractionEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_type: Literal["interaction"] = "interaction"
     response_id: str
     conversation_id: str
@@ -103,12 +103,14 @@ class FeedbackIn(BaseModel):
 
 def check_value(kind: FeedbackKind, value: int | float | str) -> None:
     """Raise ValueError naming what is wrong with ``value`` for this ``kind``."""
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    number = (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    )
     if kind is FeedbackKind.thumb:
-        if not (is_number and value in (1, -1)):
+        if number not in (1.0, -1.0):
             raise ValueError("value: a thumb is +1 or -1")
     elif kind is FeedbackKind.rating:
-        if not (is_number and float(value).is_integer() and 1 <= float(value) <= 5):
+        if number is None or not number.is_integer() or not 1 <= number <= 5:
             raise ValueError("value: a rating is an integer from 1 to 5")
     elif kind in (FeedbackKind.edit, FeedbackKind.comment):
         if not (isinstance(value, str) and value.strip()):
@@ -118,7 +120,7 @@ def check_value(kind: FeedbackKind, value: int | float | str) -> None:
     elif kind is FeedbackKind.click:
         if value not in ("copy", "regenerate", "link", "share"):
             raise ValueError("value: a click is one of copy, regenerate, link, share")
-    elif kind is FeedbackKind.dwell and not (is_number and 0 <= value <= 86_400_000):
+    elif kind is FeedbackKind.dwell and (number is None or not 0 <= number <= 86_400_000):
         raise ValueError("value: dwell is milliseconds visible, from 0 to 86400000")
 
 
@@ -127,7 +129,7 @@ class FeedbackEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_type: Literal["feedback"] = "feedback"
     event_id: str
     response_id: str

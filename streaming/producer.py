@@ -137,7 +137,7 @@ class EventProducer:
     def _on_error(self, item: _Item, exc: BaseException) -> None:
         m.PRODUCER_FAILURES.labels(item.topic).inc()
         if not self._broken.is_set():  # one line per outage, not one per event
-            log.warning("send to %s failed (%s); spooling until the broker is back", item.topic, exc)
+            log.warning("send to %s failed (%s); spooling until it is back", item.topic, exc)
         self._broken.set()
         self._spool_item(item)
 
@@ -230,4 +230,4 @@ class EventProducer:
 
     def _update_gauges(self) -> None:
         m.SPOOL_DEPTH.set(len(self.spool))
-        m.SPOOL_BYTES.set(self.spool.bytes)
+        m.SPOOL_BYTES.set(self.spool.size_bytes)

@@ -65,8 +65,7 @@ class Spool:
             " key BLOB, value BLOB NOT NULL)"
         )
         row = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(value) + COALESCE(LENGTH(key), 0)), 0)"
-            " FROM spool"
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(value) + COALESCE(LENGTH(key), 0)), 0) FROM spool"
         ).fetchone()
         self._count, self._bytes = int(row[0]), int(row[1])
 
@@ -74,7 +73,7 @@ class Spool:
         return self._count
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         return self._bytes
 
     def append(self, topic: str, key: bytes | None, value: bytes) -> None:

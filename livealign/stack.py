@@ -1,0 +1,117 @@
+"""The local stack: embedded broker (unless --kafka), local Ray, the Serve app.
+
+``LocalStack`` starts what it owns and stops exactly that again, in reverse order.
+The test suite uses the same class, so what the tests run is what ``livealign up`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from livealign.config import Settings
+from livealign.models import prepare_smollm2, prepare_tiny
+from streaming.broker import EmbeddedBroker
+from streaming.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model(settings: Settings) -> Path:
+    if settings.model == "smollm2":
+        return prepare_smollm2(settings.cache_dir)
+    if settings.model == "tiny":
+        return prepare_tiny(settings.cache_dir)
+    path = Path(settings.model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {path}: not an HF-format model folder (no config.json)")
+    return path
+
+
+class LocalStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.bootstrap = settings.kafka or ""
+        self._ray_started = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def start(self, timeout: float = 600.0) -> LocalStack:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        s = self.settings
+        s.home.mkdir(parents=True, exist_ok=True)
+        model_path = resolve_model(s)
+        if s.kafka is None:
+            self.broker = EmbeddedBroker(s.broker_port, log_path=s.home / "broker.log").start()
+            self.bootstrap = self.broker.bootstrap
+        ensure_topics(self.bootstrap, s.partitions)
+
+        # Imported here: Ray and vLLM are heavy, and `livealign chat` needs neither.
+        import ray
+        from ray import serve
+
+        from serving.app import build_app
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(
+            num_cpus=s.ray_num_cpus,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+        self._ray_started = True
+        serve.start(http_options={"host": s.host, "port": s.port})
+        config = s.serving_config(model_path, self.bootstrap)
+        serve.run(build_app(config), name="livealign", route_prefix="/", blocking=False)
+        self._wait_ready(timeout)
+        log.info("serving %s at %s/v1 (Kafka %s)", model_path.name, self.url, self.bootstrap)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/healthz", timeout=5.0)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(1.0)
+        raise TimeoutError(f"{self.url}/healthz not ready after {timeout:.0f}s ({last})")
+
+    def stop(self) -> None:
+        if self._ray_started:
+            import ray
+            from ray import serve
+
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+                self._ray_started = False
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

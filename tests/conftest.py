@@ -1,0 +1,77 @@
+"""Shared fixtures: one embedded broker, one Ray + Serve + vLLM stack per test session,
+serving the tiny random Llama (speed matters here, not answer quality)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from openai import OpenAI
+
+from livealign.config import Settings
+from livealign.stack import LocalStack
+from streaming.broker import free_port
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    settings = Settings(
+        home=tmp_path_factory.mktemp("home"),
+        model="tiny",
+        port=free_port(),
+        partitions=2,
+        max_model_len=512,
+        default_max_tokens=16,
+    )
+    with LocalStack(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(stack: LocalStack) -> OpenAI:
+    return OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def http(stack: LocalStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.url, timeout=120) as c:
+        yield c
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 60.0,
+) -> list[dict[str, Any]]:
+    """Every record of ``topic`` from the beginning, polled until ``until(records)``."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        request_timeout_ms=10_000,
+    )  # fmt: skip
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for r in batch:
+                    record = json.loads(r.value)
+                    record["_key"] = r.key.decode() if r.key else None
+                    records.append(record)
+            if until(records):
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def with_ids(field: str, wanted: set[str]) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda records: wanted <= {r.get(field) for r in records}
