@@ -87,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="livealign-bench-"))
-    settings = Settings(home=home, model=args.model, port=free_port())
+    # Serving alone against vLLM alone: the stream processor is not on the request path.
+    settings = Settings(home=home, model=args.model, port=free_port(), processor=False)
     model = resolve_model(settings)
     print(f"model {model.name}: {args.requests} streamed chats, {args.clients} clients, "
           f"max_tokens {args.max_tokens}", flush=True)  # fmt: skip

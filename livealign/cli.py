@@ -45,6 +45,69 @@ def up(
 
 
 @app.command()
+def processor(
+    kafka: Annotated[str, typer.Option(help="HOST:PORT[,HOST:PORT] of Kafka.")],
+    store: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store.")] = None,
+    group: Annotated[str, typer.Option(help="Consumer group.")] = "livealign-processor",
+    fusion_mode: Annotated[str | None, typer.Option(help="explicit, implicit or fused.")] = None,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus port; 0: none.")] = 0,
+    session_timeout_ms: Annotated[int, typer.Option(help="Consumer group session.")] = 10_000,
+    home: Annotated[Path | None, typer.Option(help="State folder.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the stream processor until SIGINT/SIGTERM. Start N of them (same --group) to
+    split the partitions; each takes over the others' partitions when they stop."""
+    from prometheus_client import start_http_server
+
+    from streaming.processor import Processor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.load(
+        config, kafka=kafka, store_url=store, fusion_mode=fusion_mode, home=home
+    )
+    cfg = settings.processor_config(kafka).model_copy(
+        update={"group_id": group, "session_timeout_ms": session_timeout_ms}
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
+    Processor(cfg).run(stop)
+
+
+@app.command()
+def status(
+    store: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store.")] = None,
+    home: Annotated[Path | None, typer.Option(help="State folder.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the preference store: record counts and the current fusion weights."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from streaming import store as s
+    from streaming.fusion import Fuser
+
+    settings = Settings.load(config, store_url=store, home=home)
+    db = s.PreferenceStore(settings.processor_config("").store_url)
+    console = Console()
+    counts = Table("table", "rows", title=db.url)
+    for t in (s.interactions, s.feedback, s.labels, s.pairs):
+        counts.add_row(t.name, str(db.count(t)))
+    console.print(counts)
+    fuser = Fuser(settings.processor_config("").fusion)
+    if saved := db.load_state("fuser"):
+        fuser.load_state_dict(saved)
+    weights = fuser.weights()
+    signals = sorted({name for w in weights.values() for name in w})
+    table = Table("signal", *weights, title="fusion weights by scenario")
+    for name in signals:
+        table.add_row(name, *(f"{weights[sc].get(name, 0.0):.3f}" for sc in weights))
+    console.print(table)
+
+
+@app.command()
 def chat(
     message: Annotated[str, typer.Argument(help="What to say.")],
     url: Annotated[str, typer.Option(help="LiveAlign base URL.")] = "http://127.0.0.1:8000",

@@ -12,12 +12,14 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.config import EngineConfig, ServingConfig
+from streaming.fusion import FusionConfig
+from streaming.processor import ProcessorConfig
 from streaming.producer import ProducerConfig
 
 
@@ -37,6 +39,10 @@ class Settings(BaseSettings):
     kv_cache_gib: int = 1
     enable_lora: bool = True
     default_max_tokens: int = 256
+    store_url: str | None = Field(None, description="Preference store; none: SQLite in home.")
+    fusion_mode: Literal["explicit", "implicit", "fused"] = "fused"
+    grace_s: float = Field(300.0, description="How long feedback waits for its interaction.")
+    processor: bool = Field(True, description="Start the stream processor with the stack.")
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
 
@@ -87,4 +93,13 @@ class Settings(BaseSettings):
             default_max_tokens=self.default_max_tokens,
             feedback_secret=self.feedback_secret or SecretStr(stored["feedback_secret"]),
             user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
+        )
+
+    def processor_config(self, bootstrap: str) -> ProcessorConfig:
+        url = self.store_url or f"sqlite:///{(self.home / 'preferences.sqlite').resolve()}"
+        return ProcessorConfig(
+            bootstrap_servers=bootstrap,
+            store_url=url,
+            grace_s=self.grace_s,
+            fusion=FusionConfig(mode=self.fusion_mode),
         )

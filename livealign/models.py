@@ -94,7 +94,7 @@ def prepare_tiny(cache_dir: Path, seed: int = 0) -> Path:
         dtype="bfloat16",
     )
     model = LlamaForCausalLM(config)
-    model.to(torch.bfloat16)  # type: ignore[arg-type]  # in place; stubs miss the overload
+    model.to(torch.bfloat16)  # in place: parameters are converted
     cache_dir.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     model.save_pretrained(build, safe_serialization=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +18,7 @@ import httpx
 
 from livealign.config import Settings
 from livealign.models import prepare_smollm2, prepare_tiny
-from streaming.broker import EmbeddedBroker
+from streaming.broker import EmbeddedBroker, free_port
 from streaming.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class LocalStack:
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = settings.kafka or ""
         self._ray_started = False
+        self.processor: subprocess.Popen[bytes] | None = None
+        self.processor_metrics_port = 0
 
     @property
     def url(self) -> str:
@@ -60,6 +64,8 @@ class LocalStack:
             self.broker = EmbeddedBroker(s.broker_port, log_path=s.home / "broker.log").start()
             self.bootstrap = self.broker.bootstrap
         ensure_topics(self.bootstrap, s.partitions)
+        if s.processor:
+            self.start_processor()
 
         # Imported here: Ray and vLLM are heavy, and `livealign chat` needs neither.
         import ray
@@ -94,7 +100,35 @@ class LocalStack:
             time.sleep(1.0)
         raise TimeoutError(f"{self.url}/healthz not ready after {timeout:.0f}s ({last})")
 
+    def start_processor(self) -> None:
+        """The stream processor runs in its own process, as it would in a cluster."""
+        s = self.settings
+        self.processor_metrics_port = free_port()
+        cmd = [
+            sys.executable, "-m", "livealign.cli", "processor",
+            "--kafka", self.bootstrap,
+            "--store", s.processor_config(self.bootstrap).store_url,
+            "--fusion-mode", s.fusion_mode,
+            "--metrics-port", str(self.processor_metrics_port),
+            "--home", str(s.home),
+        ]  # fmt: skip
+        out = open(s.home / "processor.log", "ab")  # noqa: SIM115 (the child keeps it)
+        self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+
+    def stop_processor(self, timeout: float = 30.0) -> None:
+        proc, self.processor = self.processor, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # the processor finishes its batch, commits, and exits
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
     def stop(self) -> None:
+        self.stop_processor()
         if self._ray_started:
             import ray
             from ray import serve

@@ -61,3 +61,38 @@ PRODUCER_REPLAYED = Counter(
 SPOOL_DEPTH = Gauge("livealign_producer_spool_depth", "Events waiting in the disk spool.")
 SPOOL_BYTES = Gauge("livealign_producer_spool_bytes", "Bytes waiting in the disk spool.")
 PRODUCER_QUEUE = Gauge("livealign_producer_queue_depth", "Events waiting in memory to be sent.")
+
+# --- stream processor ------------------------------------------------------------------
+PROC_CONSUMED = Counter(
+    "livealign_processor_consumed_total", "Records consumed, by topic.", ["topic"]
+)
+PROC_LAG = Gauge(
+    "livealign_processor_lag",
+    "Records behind the partition's high watermark.",
+    ["topic", "partition"],
+)
+PROC_JOINS = Counter(
+    "livealign_processor_joins_total", "Feedback events joined to their interaction."
+)
+PROC_ORPHANS = Counter(
+    "livealign_processor_orphans_total",
+    "Feedback events whose interaction did not arrive within the grace period.",
+)
+PROC_DROPS = Counter(
+    "livealign_processor_drops_total", "Events dropped while cleaning, by reason.", ["reason"]
+)
+PROC_RECORDS = Counter(
+    "livealign_processor_records_total",
+    "Training records written (upserts), by type.",
+    ["type", "provenance"],
+)
+PROC_BATCH_SECONDS = Histogram(
+    "livealign_processor_batch_seconds",
+    "Time to process one polled batch, store write included.",
+    buckets=LATENCY_BUCKETS,
+)
+FUSION_WEIGHT = Gauge(
+    "livealign_fusion_weight",
+    "Current fusion weight of each signal in each scenario.",
+    ["scenario", "signal"],
+)

@@ -141,11 +141,50 @@ class FeedbackEvent(BaseModel):
     received_ms: int
 
 
+class PreferencePair(BaseModel):
+    """A training pair for DPO: ``chosen`` is preferred over ``rejected`` for ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_type: Literal["pair"] = "pair"
+    pair_id: str = Field(description="Stable id: the same evidence always gives the same id.")
+    prompt: list[ChatMessage]
+    chosen: str
+    rejected: str
+    weight: float = Field(ge=0)
+    provenance: Literal["edit", "regenerate"]
+    chosen_response_id: str | None = None
+    rejected_response_id: str
+    adapter: str = Field(description="Adapter that produced the rejected answer.")
+
+
+class PreferenceLabel(BaseModel):
+    """An unpaired label for KTO: was this answer desirable, and how sure are we."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_type: Literal["label"] = "label"
+    response_id: str
+    prompt: list[ChatMessage]
+    completion: str
+    desirable: bool
+    weight: float = Field(ge=0)
+    score: float = Field(ge=-1, le=1, description="Fused score of the answer.")
+    confidence: float = Field(ge=0, le=1)
+    scenario: str
+    adapter: str
+    n_signals: int = Field(ge=0, description="Feedback events fused into the score.")
+
+
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 SCHEMAS: dict[str, type[BaseModel]] = {
     "interaction_event": InteractionEvent,
     "feedback_event": FeedbackEvent,
     "feedback_in": FeedbackIn,
+    "preference_pair": PreferencePair,
+    "preference_label": PreferenceLabel,
 }
 
 

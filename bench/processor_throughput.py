@@ -1,0 +1,187 @@
+"""Stream-processor throughput against the raw kafka-python consume rate, one run.
+
+Produces N mixed interaction and feedback events (thumbs, ratings, clicks, dwell,
+comments, edits; some duplicates, some feedback before its interaction) to an embedded
+broker, then measures, on the same topics:
+(a) raw: a plain ``KafkaConsumer`` reading every record, nothing else;
+(b) end to end: the processor (one instance, one core) consuming as a group, joining,
+    cleaning, fusing and writing records to a SQLite store, until every partition's
+    committed offset (committed only after the store write) reaches its end.
+Both are timed from their first record. Prints records/s of each and the ratio.
+
+    python bench/processor_throughput.py [--events 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from monitoring import metrics as m
+from streaming.broker import EmbeddedBroker
+from streaming.events import (
+    TOPIC_FEEDBACK,
+    TOPIC_INTERACTIONS,
+    ChatMessage,
+    FeedbackEvent,
+    FeedbackKind,
+    InteractionEvent,
+    now_ms,
+)
+from streaming.processor import Processor, ProcessorConfig
+from streaming.topics import ensure_topics
+
+TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK)
+PARTITIONS = 4
+
+
+def feedback_value(rng: random.Random) -> tuple[FeedbackKind, object]:
+    roll = rng.random()
+    if roll < 0.25:
+        return FeedbackKind.dwell, rng.randint(0, 120_000)
+    if roll < 0.45:
+        return FeedbackKind.click, rng.choice(["copy", "regenerate", "link", "share"])
+    if roll < 0.70:
+        return FeedbackKind.thumb, rng.choice([1, -1])
+    if roll < 0.90:
+        return FeedbackKind.rating, rng.randint(1, 5)
+    if roll < 0.96:
+        return FeedbackKind.comment, rng.choice(["great, thanks!", "wrong and too long", "ok"])
+    return FeedbackKind.edit, "A corrected answer, rewritten by the user for clarity."
+
+
+def produce(bootstrap: str, n: int, seed: int = 0) -> int:
+    """About one interaction per three feedback events; returns records produced."""
+    rng = random.Random(seed)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=50, batch_size=256 * 1024,
+        compression_type="lz4",
+    )  # fmt: skip
+    sent = 0
+    n_interactions = n // 4
+    for i in range(n_interactions):
+        conv, rid = f"c{i % 5000}", f"r{i}"
+        interaction = InteractionEvent(
+            response_id=rid, conversation_id=conv, user_hash=f"u{i % 997}", model="livealign",
+            adapter="base", arm="stable",
+            messages=[ChatMessage(role="user", content=f"Question number {i % 300}?")],
+            completion=f"An answer to question {i % 300}.", prompt_tokens=12,
+            completion_tokens=9, ttft_ms=40, latency_ms=300, created_ms=now_ms(),
+        )  # fmt: skip
+        events: list[tuple[str, bytes]] = [
+            (TOPIC_INTERACTIONS, interaction.model_dump_json().encode())
+        ]
+        for j in range(3):
+            kind, value = feedback_value(rng)
+            fb = FeedbackEvent(
+                event_id=f"e{i}-{j}", response_id=rid, conversation_id=conv,
+                user_hash=f"u{rng.randrange(2000)}", kind=kind, value=value,  # type: ignore[arg-type]
+                received_ms=now_ms(),
+            )  # fmt: skip
+            events.append((TOPIC_FEEDBACK, fb.model_dump_json().encode()))
+        if rng.random() < 0.2:  # feedback that arrives before its interaction
+            events.append(events.pop(0))
+        if rng.random() < 0.02:  # an at-least-once duplicate
+            events.append(events[-1])
+        for topic, value in events:
+            producer.send(topic, key=conv.encode(), value=value)
+            sent += 1
+    producer.flush(120)
+    producer.close()
+    return sent
+
+
+def raw_consume(bootstrap: str, total: int) -> float:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer.assign([TopicPartition(t, p) for t in TOPICS for p in range(PARTITIONS)])
+    consumer.seek_to_beginning()
+    seen, first = 0, None
+    while seen < total:
+        for batch in consumer.poll(timeout_ms=1000, max_records=2000).values():
+            first = first or time.perf_counter()
+            seen += len(batch)
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    consumer.close()
+    return seen / elapsed
+
+
+def committed_all(bootstrap: str, group: str, ends: dict[TopicPartition, int]) -> bool:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return all((consumer.committed(tp) or 0) >= end for tp, end in ends.items())
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
+    # Tansu's end_offsets is wrong: read each partition to its end and ask highwater().
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    tps = [TopicPartition(t, p) for t in TOPICS for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning()
+    ends: dict[TopicPartition, int] = {}
+    while len(ends) < len(tps):
+        consumer.poll(timeout_ms=500, max_records=5000)
+        for tp in tps:
+            high = consumer.highwater(tp)
+            if high is not None and consumer.position(tp) >= high:
+                ends[tp] = high
+    consumer.close()
+    return ends
+
+
+def processed_rate(bootstrap: str, total: int, store: Path) -> tuple[float, int]:
+    config = ProcessorConfig(
+        bootstrap_servers=bootstrap, store_url=f"sqlite:///{store}", group_id="bench",
+        session_timeout_ms=6000,
+    )  # fmt: skip
+    processor = Processor(config)
+    ends = end_offsets(bootstrap)
+    consumed = lambda: sum(m.PROC_CONSUMED.labels(t)._value.get() for t in TOPICS)  # noqa: E731
+    base = consumed()
+    stop = threading.Event()
+    thread = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+    thread.start()
+    while consumed() == base:
+        time.sleep(0.01)
+    first = time.perf_counter()
+    last_report = first
+    while not committed_all(bootstrap, "bench", ends):
+        time.sleep(0.25)
+        if time.perf_counter() - last_report > 10:
+            last_report = time.perf_counter()
+            print(f"  processed {int(consumed() - base)}/{total}", flush=True)
+    elapsed = time.perf_counter() - first
+    stop.set()
+    thread.join(30)
+    n = int(consumed() - base)
+    return n / elapsed, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    args = parser.parse_args()
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        ensure_topics(broker.bootstrap, PARTITIONS)
+        t = time.perf_counter()
+        total = produce(broker.bootstrap, args.events)
+        print(f"produced {total} records in {time.perf_counter() - t:.1f}s", flush=True)
+        raw = raw_consume(broker.bootstrap, total)
+        print(f"raw kafka-python consume: {raw:,.0f} records/s", flush=True)
+        ours, n = processed_rate(broker.bootstrap, total, Path(tmp) / "prefs.sqlite")
+        print(f"processor end to end:     {ours:,.0f} records/s ({n} records)", flush=True)
+        print(f"\nratio processor / raw consume: {ours / raw:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Trainer: reward model, DPO/KTO on LoRA, evaluation gate, versioned adapter registry."""
