@@ -153,6 +153,57 @@ def prepare(
     typer.echo(resolve_model(Settings.load(config, model=model)))
 
 
+adapters_app = typer.Typer(help="Adapter versions: list, promote, roll back (admin API).")
+app.add_typer(adapters_app, name="adapters")
+UrlOpt = Annotated[str, typer.Option(help="LiveAlign base URL.")]
+KeyOpt = Annotated[
+    str | None, typer.Option(help="Admin key; default: LIVEALIGN_ADMIN_KEY or the home's.")
+]
+
+
+def _admin_call(method: str, url: str, path: str, key: str | None, home: Path | None) -> None:
+    import json
+
+    import httpx
+
+    if key is None:
+        settings = Settings.load(None, home=home)
+        stored = settings.serving_config(Path("."), "").admin_key
+        key = stored.get_secret_value() if stored else ""
+    r = httpx.request(
+        method, f"{url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=300
+    )
+    typer.echo(json.dumps(r.json(), indent=2))
+    if r.status_code >= 400:
+        raise typer.Exit(1)
+
+
+@adapters_app.command("list")
+def adapters_list(
+    url: UrlOpt = "http://127.0.0.1:8000", admin_key: KeyOpt = None, home: Path | None = None
+) -> None:
+    """Every published version with its manifest, and which one serves."""
+    _admin_call("GET", url, "/admin/adapters", admin_key, home)
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    ref: str, url: UrlOpt = "http://127.0.0.1:8000", admin_key: KeyOpt = None,
+    home: Path | None = None,
+) -> None:  # fmt: skip
+    """Serve version REF (e.g. livealign@3) from now on."""
+    _admin_call("POST", url, f"/admin/adapters/{ref}/promote", admin_key, home)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    ref: str, url: UrlOpt = "http://127.0.0.1:8000", admin_key: KeyOpt = None,
+    home: Path | None = None,
+) -> None:  # fmt: skip
+    """Go back to an earlier version REF, or to ``base``."""
+    _admin_call("POST", url, f"/admin/adapters/{ref}/rollback", admin_key, home)
+
+
 @app.command()
 def schemas() -> None:
     """Regenerate the event JSON Schema files in streaming/schemas/."""

@@ -12,7 +12,7 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,9 @@ from serving.config import EngineConfig, ServingConfig
 from streaming.fusion import FusionConfig
 from streaming.processor import ProcessorConfig
 from streaming.producer import ProducerConfig
+
+if TYPE_CHECKING:
+    from trainer.round import TrainerConfig
 
 
 class Settings(BaseSettings):
@@ -43,6 +46,10 @@ class Settings(BaseSettings):
     fusion_mode: Literal["explicit", "implicit", "fused"] = "fused"
     grace_s: float = Field(300.0, description="How long feedback waits for its interaction.")
     processor: bool = Field(True, description="Start the stream processor with the stack.")
+    trainer: bool = Field(True, description="Start the trainer actor with the stack.")
+    trainer_interval_s: float = Field(600.0, description="A round at least this often.")
+    trainer_min_new_records: int = Field(64, description="Or once this many records are new.")
+    admin_key: SecretStr | None = Field(None, description="Admin API key; none: made once.")
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
 
@@ -69,7 +76,11 @@ class Settings(BaseSettings):
         if path.is_file():
             stored: dict[str, str] = json.loads(path.read_text())
             return stored
-        made = {"feedback_secret": secrets.token_hex(32), "user_hash_salt": secrets.token_hex(16)}
+        made = {
+            "feedback_secret": secrets.token_hex(32),
+            "user_hash_salt": secrets.token_hex(16),
+            "admin_key": secrets.token_urlsafe(24),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(json.dumps(made))
@@ -93,6 +104,24 @@ class Settings(BaseSettings):
             default_max_tokens=self.default_max_tokens,
             feedback_secret=self.feedback_secret or SecretStr(stored["feedback_secret"]),
             user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
+            admin_key=self.admin_key or SecretStr(stored["admin_key"]),
+            registry_dir=self.registry_dir,
+        )
+
+    @property
+    def registry_dir(self) -> Path:
+        return (self.home / "registry").resolve()
+
+    def trainer_config(self, model_path: Path, bootstrap: str) -> TrainerConfig:
+        from trainer.round import TrainerConfig  # torch/TRL: only when a trainer runs
+
+        return TrainerConfig(
+            base_model=model_path,
+            registry_dir=self.registry_dir,
+            store_url=self.processor_config(bootstrap).store_url,
+            work_dir=(self.home / "work").resolve(),
+            interval_s=self.trainer_interval_s,
+            min_new_records=self.trainer_min_new_records,
         )
 
     def processor_config(self, bootstrap: str) -> ProcessorConfig:

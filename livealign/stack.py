@@ -6,6 +6,7 @@ The test suite uses the same class, so what the tests run is what ``livealign up
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -43,6 +45,8 @@ class LocalStack:
         self._ray_started = False
         self.processor: subprocess.Popen[bytes] | None = None
         self.processor_metrics_port = 0
+        self.trainer: Any = None
+        self.trainer_metrics_port = 0
 
     @property
     def url(self) -> str:
@@ -85,6 +89,8 @@ class LocalStack:
         config = s.serving_config(model_path, self.bootstrap)
         serve.run(build_app(config), name="livealign", route_prefix="/", blocking=False)
         self._wait_ready(timeout)
+        if s.trainer:
+            self.start_trainer(model_path)
         log.info("serving %s at %s/v1 (Kafka %s)", model_path.name, self.url, self.bootstrap)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -99,6 +105,15 @@ class LocalStack:
                 last = exc
             time.sleep(1.0)
         raise TimeoutError(f"{self.url}/healthz not ready after {timeout:.0f}s ({last})")
+
+    def start_trainer(self, model_path: Path) -> None:
+        """The trainer Ray actor, looping until stop(): rounds on schedule or on data."""
+        from trainer.actor import TrainerActor
+
+        self.trainer_metrics_port = free_port()
+        config = self.settings.trainer_config(model_path, self.bootstrap)
+        self.trainer = TrainerActor.remote(config, self.trainer_metrics_port)  # type: ignore[attr-defined]
+        self.trainer.loop.remote()
 
     def start_processor(self) -> None:
         """The stream processor runs in its own process, as it would in a cluster."""
@@ -132,6 +147,11 @@ class LocalStack:
         if self._ray_started:
             import ray
             from ray import serve
+
+            if self.trainer is not None:
+                with contextlib.suppress(Exception):  # it may be mid-round; ray ends it anyway
+                    ray.get(self.trainer.stop.remote(), timeout=5)
+                self.trainer = None
 
             try:
                 serve.shutdown()

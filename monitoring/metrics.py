@@ -96,3 +96,35 @@ FUSION_WEIGHT = Gauge(
     "Current fusion weight of each signal in each scenario.",
     ["scenario", "signal"],
 )
+
+# --- adapters --------------------------------------------------------------------------
+SERVED_ADAPTER = Gauge(
+    "livealign_served_adapter", "1 for the adapter version new requests go to.", ["adapter"]
+)
+ADAPTER_SWAPS = Counter(
+    "livealign_adapter_swaps_total", "Adapter swaps, by result (ok, refused).", ["result"]
+)
+SWAP_SECONDS = Histogram(
+    "livealign_adapter_swap_seconds",
+    "From the decision to swap to the old adapter unloaded.",
+    buckets=LATENCY_BUCKETS,
+)
+
+# --- trainer ---------------------------------------------------------------------------
+ROUNDS = Counter(
+    "livealign_trainer_rounds_total",
+    "Training rounds by outcome (started, published, rejected, skipped, failed).",
+    ["outcome"],
+)
+ROUND_SECONDS = Histogram(
+    "livealign_trainer_round_seconds",
+    "Duration of each stage of a round (reward, policy, gate, publish).",
+    ["stage"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
+)
+TRAIN_LOSS = Gauge("livealign_trainer_loss", "Latest training loss, by stage.", ["stage"])
+GATE_METRIC = Gauge(
+    "livealign_trainer_gate",
+    "Gate metrics of the latest candidate (pref_accuracy, win_rate, ...).",
+    ["candidate", "metric"],
+)

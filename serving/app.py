@@ -8,7 +8,9 @@ engine, so a request costs no extra actor hop (see bench/serving_overhead.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import logging
 from typing import Any
 
@@ -20,6 +22,7 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from serving import chat, tokens
+from serving.adapters import AdapterManager
 from serving.config import ServingConfig
 from serving.engine import Engine
 from serving.feedback import FeedbackDesk, FeedbackResult
@@ -35,6 +38,7 @@ from serving.protocol import (
 from streaming.events import TOPIC_INTERACTIONS, FeedbackIn, InteractionEvent, new_id
 from streaming.producer import EventProducer
 from streaming.spool import SpoolFull
+from trainer.registry import Registry, RegistryError, UnknownVersion
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +81,16 @@ def _check_size(request: Request, limit: int) -> None:
 @serve.deployment(name="ChatServer")
 @serve.ingress(api)
 class ChatServer:
-    def __init__(self, config: ServingConfig) -> None:
+    async def __init__(self, config: ServingConfig) -> None:  # type: ignore[misc]  # Ray Serve awaits it
         logging.basicConfig(level=logging.INFO)
         self.config = config
         self.engine = Engine(config.engine)
+        registry = Registry(config.registry_dir) if config.registry_dir else None
+        self.adapters = AdapterManager(self.engine, registry, config.drain_timeout_s)
+        self._stop = asyncio.Event()
+        self._watcher = asyncio.create_task(
+            self.adapters.follow_registry(self._stop, config.registry_poll_s)
+        )
         self.producer = EventProducer(config.producer).start()
         self.secret = config.feedback_secret.get_secret_value().encode()
         self.salt = config.user_hash_salt.get_secret_value().encode()
@@ -127,7 +137,6 @@ class ChatServer:
             body.conversation_id or request.headers.get("x-conversation-id") or new_id("conv")
         )
         user_hash = tokens.hash_user(self.salt, body.user) if body.user else None
-        route = chat.Route()  # adapter routing and canaries plug in here
         prompt_ids = self.engine.render(body.chat_messages())
         params = chat.sampling_params(
             body,
@@ -135,6 +144,7 @@ class ChatServer:
             self.config.engine.max_model_len,
             self.config.default_max_tokens,
         )
+        route, slot = self.adapters.route()  # last: from here on the slot must be released
         response_id = chat.new_response_id()
         token = tokens.issue(
             self.secret,
@@ -150,7 +160,7 @@ class ChatServer:
             arm=route.arm,
             feedback_token=token,
         )
-        return chat.Turn(body, info, route, prompt_ids, params, user_hash)
+        return chat.Turn(body, info, route, prompt_ids, params, user_hash, release=slot.release)
 
     def _emit(self, event: InteractionEvent) -> None:
         # A full spool is counted and logged by the producer; the user still gets the answer.
@@ -184,16 +194,65 @@ class ChatServer:
         status = 202 if result.accepted else max(r.status for r in result.rejected)
         return JSONResponse(result.model_dump(mode="json"), status_code=status)
 
+    # --- admin ------------------------------------------------------------------------------
+    def _admin(self, request: Request) -> Registry:
+        key = self.config.admin_key
+        if key is None or self.adapters.registry is None:
+            raise APIError(403, "the admin API is off (no admin key or no registry configured)")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not given:
+            raise APIError(401, "admin API: send Authorization: Bearer <admin key>", code="auth")
+        if not hmac.compare_digest(given, key.get_secret_value()):
+            raise APIError(403, "admin API: wrong admin key", type_="permission_error")
+        return self.adapters.registry
+
+    @api.get("/admin/adapters", responses=ERRORS)
+    async def list_adapters(self, request: Request) -> dict[str, Any]:
+        """Every published version with its manifest, the registry state, what serves."""
+        registry = self._admin(request)
+        return {
+            "serving": self.adapters.current.ref,
+            "state": registry.state().model_dump(mode="json"),
+            "refused": self.adapters.refused,
+            "versions": [v.model_dump(mode="json") for v in registry.versions()],
+        }
+
+    @api.post("/admin/adapters/{ref}/{action}", responses=ERRORS)
+    async def set_adapter(self, ref: str, action: str, request: Request) -> dict[str, Any]:
+        """``promote`` a version, or ``rollback`` to an earlier one (or to ``base``)."""
+        registry = self._admin(request)
+        if action not in ("promote", "rollback"):
+            raise APIError(404, f"unknown action {action!r}: promote or rollback")
+        try:
+            if ref != chat.BASE_ADAPTER:
+                ref = registry.get(ref).ref
+            self.adapters.refused.pop(ref, None)  # an operator asking again gets a new try
+            await self.adapters.swap_to(ref)
+        except UnknownVersion as exc:
+            raise APIError(404, str(exc), code="unknown_version") from exc
+        except RegistryError as exc:
+            raise APIError(409, f"{ref} refused: {exc}", code="adapter_refused") from exc
+        stable = None if ref == chat.BASE_ADAPTER else ref
+        state = registry.set_state(stable=stable, action=action, reason="admin API")
+        return {"serving": self.adapters.current.ref, "state": state.model_dump(mode="json")}
+
     # --- the rest -----------------------------------------------------------------------
     @api.get("/v1/models", response_model=ModelList)
     async def models(self) -> ModelList:
         name = self.config.engine.served_model_name
-        return ModelList(data=[ModelCard(id=name, root=self.config.engine.model_path)])
+        card = ModelCard(id=name, root=self.config.engine.model_path)
+        adapter = self.adapters.current.ref
+        extra = [] if adapter == chat.BASE_ADAPTER else [ModelCard(id=adapter, parent=name)]
+        return ModelList(data=[card, *extra])
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         await self.engine.check_health()
-        return {"status": "ok", "spooled_events": len(self.producer.spool)}
+        return {
+            "status": "ok",
+            "adapter": self.adapters.current.ref,
+            "spooled_events": len(self.producer.spool),
+        }
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> PlainTextResponse:
@@ -205,6 +264,8 @@ class ChatServer:
             raise RuntimeError("vLLM engine is dead")
 
     def __del__(self) -> None:
+        if hasattr(self, "_stop"):
+            self._stop.set()
         producer = getattr(self, "producer", None)
         if producer is not None:
             producer.close()

@@ -60,6 +60,7 @@ class Turn:
     completion_tokens: int = 0
     finish_reason: str | None = None
     ttft: float | None = None
+    release: Callable[[], None] = lambda: None  # frees the adapter slot when the turn ends
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -141,6 +142,7 @@ async def run(engine: Engine, turn: Turn) -> AsyncIterator[str]:
 
 def record(turn: Turn, emit: Callable[[InteractionEvent], None], status: str) -> None:
     """Metrics and the interaction event, once a turn is over."""
+    turn.release()
     elapsed = time.perf_counter() - turn.started
     adapter, arm, stream = turn.labels
     m.REQUESTS.labels(adapter, arm, stream, status).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
@@ -38,5 +39,9 @@ class ServingConfig(BaseModel):
     delivery_timeout_s: float = Field(
         15.0, description="How long a feedback request waits for broker ack or disk spool."
     )
+    registry_dir: Path | None = Field(None, description="Adapter registry; none: base only.")
+    registry_poll_s: float = Field(2.0, description="How often the registry's state is read.")
+    drain_timeout_s: float = Field(300.0, description="Longest wait for in-flight requests.")
+    admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
     replica_num_cpus: float = 0.5
     max_ongoing_requests: int = 128

@@ -191,64 +191,63 @@ class Processor:
         """Drop duplicates (also across restarts: the store remembers every event id) and
         rate-limited raters. Dropped events are stored too, so a replay drops them again."""
         seen = self.store.existing_ids(tx, s.feedback, (e.event_id for e in events))
-        fresh, rows = [], []
+        fresh, dropped = [], []
         for e in events:
             if e.event_id in seen:
                 m.PROC_DROPS.labels("duplicate").inc()
                 continue
             seen.add(e.event_id)
-            ok = self.fuser.allow(e.user_hash, e.client_ts or e.received_ms)
-            if not ok:
-                m.PROC_DROPS.labels("rate_limited").inc()
-            rows.append(
-                _feedback_row(e, "pending" if ok else "dropped", None if ok else "rate_limited")
-            )
-            if ok:
+            if self.fuser.allow(e.user_hash, e.client_ts or e.received_ms):
                 fresh.append(e)
-        self.store.add_new(tx, s.feedback, rows)
+            else:
+                m.PROC_DROPS.labels("rate_limited").inc()
+                dropped.append(_feedback_row(e, "dropped", "rate_limited"))
+        self.store.add_new(tx, s.feedback, dropped)
         return fresh
 
     def join(
         self, tx: Connection, fresh: list[FeedbackEvent], new: list[InteractionEvent]
     ) -> set[str]:
-        """Attach waiting feedback to interactions; returns the responses with new signals."""
-        # Feedback that arrived earlier than its interaction, now joinable:
-        waiting = self.store.rows(tx, s.feedback, "response_id", {e.response_id for e in new})
+        """Attach feedback to interactions; returns the responses with new signals.
+        Fresh feedback is stored with its outcome (joined, or pending: held for its
+        interaction); held feedback whose interaction just arrived is updated."""
+        arrived = {e.response_id: e for e in new}
+        waiting = self.store.rows(tx, s.feedback, "response_id", arrived)
         held = [
             FeedbackEvent.model_validate(r["event"])
             for r in waiting
             if r["status"] in ("pending", "orphaned")
         ]
-        candidates = {e.event_id: e for e in [*held, *fresh]}.values()
+        missing = {e.response_id for e in fresh} - arrived.keys()
         found = {
-            r["response_id"]: InteractionEvent.model_validate(r["event"])
-            for r in self.store.rows(
-                tx, s.interactions, "response_id", {e.response_id for e in candidates}
-            )
+            **{
+                r["response_id"]: InteractionEvent.model_validate(r["event"])
+                for r in self.store.rows(tx, s.interactions, "response_id", missing)
+            },
+            **arrived,
         }
+        inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         touched: set[str] = set()
-        for e in candidates:
+        for e, rows in [*((e, updates) for e in held), *((e, inserts) for e in fresh)]:
             interaction = found.get(e.response_id)
+            signal = None
+            if interaction is not None:
+                signal = signal_from_event(e, interaction, self.config.fusion)
             if interaction is None:
-                continue  # held: stays pending until it joins or the grace period ends
-            signal = signal_from_event(e, interaction, self.config.fusion)
-            if signal is None:
+                status, reason = "pending", None  # held until it joins or the grace ends
+            elif signal is None:
                 m.PROC_DROPS.labels("uninterpretable").inc()
-                updates.append(
-                    {
-                        "event_id": e.event_id,
-                        "status": "dropped",
-                        "status_reason": "uninterpretable",
-                    }
-                )
-                continue
-            signal = self.fuser.observe(signal)
-            m.PROC_JOINS.inc()
-            updates.append(
-                {"event_id": e.event_id, "status": "joined", "signal": dataclasses.asdict(signal)}
-            )
-            touched.add(e.response_id)
+                status, reason = "dropped", "uninterpretable"
+            else:
+                signal = self.fuser.observe(signal)
+                m.PROC_JOINS.inc()
+                status, reason = "joined", None
+                touched.add(e.response_id)
+            row = _feedback_row(e, status, reason)
+            row["signal"] = _signal_dict(signal) if status == "joined" else None
+            rows.append(row)
+        self.store.add_new(tx, s.feedback, inserts)
         self.store.set_feedback(tx, updates)
         return touched
 
@@ -260,12 +259,16 @@ class Processor:
             r["response_id"]: r for r in self.store.rows(tx, s.interactions, "response_id", touched)
         }
         signals: dict[str, list[Signal]] = defaultdict(list)
-        edits: list[tuple[str, dict[str, Any]]] = []
-        for r in self.store.rows(tx, s.feedback, "response_id", touched):
+        edit_ids: list[str] = []
+        columns = ("event_id", "response_id", "status", "kind", "signal")
+        for r in self.store.rows(tx, s.feedback, "response_id", touched, columns):
             if r["status"] == "joined":
                 signals[r["response_id"]].append(Signal(**r["signal"]))
                 if r["kind"] == "edit":
-                    edits.append((r["response_id"], r))
+                    edit_ids.append(r["event_id"])
+        edits = [
+            (r["response_id"], r) for r in self.store.rows(tx, s.feedback, "event_id", edit_ids)
+        ]
         out: list[Record] = []
         for rid in touched:
             row = interactions[rid]
@@ -322,35 +325,39 @@ class Processor:
         labels: list[PreferenceLabel],
     ) -> list[Record]:
         """Regenerated answers to the same prompt in one conversation, clearly scored
-        apart, make a pair (the better one chosen)."""
+        apart, make a pair (the better one chosen). One query for the whole batch."""
+
+        def group(response_id: str) -> tuple[str, str]:
+            row = interactions[response_id]
+            return row["conversation_id"], row["prompt_hash"]
+
+        groups = {group(x.response_id) for x in labels}
+        if not groups:
+            return []
+        scored: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        convs = sorted({conv for conv, _ in groups})
+        for i in range(0, len(convs), 500):
+            query = (
+                select(s.labels, s.interactions.c.conversation_id, s.interactions.c.prompt_hash)
+                .join(s.interactions, s.interactions.c.response_id == s.labels.c.response_id)
+                .where(s.interactions.c.conversation_id.in_(convs[i : i + 500]))
+            )
+            for row in tx.execute(query):
+                if (row.conversation_id, row.prompt_hash) in groups:
+                    scored[(row.conversation_id, row.prompt_hash)].append(row)
         out: list[Record] = []
         for label in labels:
-            row = interactions[label.response_id]
-            siblings = tx.execute(
-                select(s.labels).join(
-                    s.interactions, s.interactions.c.response_id == s.labels.c.response_id
-                ).where(
-                    and_(
-                        s.interactions.c.conversation_id == row["conversation_id"],
-                        s.interactions.c.prompt_hash == row["prompt_hash"],
-                        s.labels.c.response_id != label.response_id,
-                    )
-                )
-            ).all()  # fmt: skip
-            for sib in siblings:
+            for sib in scored[group(label.response_id)]:
                 gap = label.score - sib.score
-                if abs(gap) < self.config.pair_margin:
+                if sib.response_id == label.response_id or abs(gap) < self.config.pair_margin:
                     continue
-                best, worst = (
-                    (label.response_id, sib.response_id)
-                    if gap > 0
-                    else (sib.response_id, label.response_id)
-                )
-                texts = {label.response_id: label.completion, sib.response_id: sib.completion}
+                mine = (label.response_id, label.completion)
+                theirs = (sib.response_id, sib.completion)
+                (best, chosen), (worst, rejected) = (mine, theirs) if gap > 0 else (theirs, mine)
                 out.append(
                     PreferencePair(
-                        pair_id=pair_id("regenerate", *sorted((best, worst))), prompt=label.prompt,
-                        chosen=texts[best], rejected=texts[worst],
+                        pair_id=pair_id("regenerate", *sorted((best, worst))),
+                        prompt=label.prompt, chosen=chosen, rejected=rejected,
                         weight=min(label.confidence, sib.confidence) * abs(gap) / 2,
                         provenance="regenerate", chosen_response_id=best,
                         rejected_response_id=worst, adapter=label.adapter,
@@ -412,6 +419,14 @@ class _LogRebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+def _signal_dict(signal: Signal | None) -> dict[str, Any] | None:
+    # dataclasses.asdict deep-copies recursively: too slow for the hot path.
+    return None if signal is None else {f: getattr(signal, f) for f in _SIGNAL_FIELDS}
+
+
+_SIGNAL_FIELDS = [f.name for f in dataclasses.fields(Signal)]
 
 
 def _key(rec: Record) -> bytes:

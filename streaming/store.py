@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     select,
@@ -144,10 +145,17 @@ class PreferenceStore:
         conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=cols), rows)
 
     def set_feedback(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Update status/signal of feedback rows (each dict has event_id + new values)."""
-        for row in rows:
-            values = {k: v for k, v in row.items() if k != "event_id"}
-            conn.execute(update(feedback).where(feedback.c.event_id == row["event_id"]), values)
+        """Update status, reason and signal of stored feedback rows, in one executemany."""
+        if not rows:
+            return
+        stmt = (
+            update(feedback)
+            .where(feedback.c.event_id == bindparam("key"))
+            .values(status=bindparam("status"), status_reason=bindparam("status_reason"),
+                    signal=bindparam("signal"))
+        )  # fmt: skip
+        keys = ("status", "status_reason", "signal")
+        conn.execute(stmt, [{"key": r["event_id"], **{k: r[k] for k in keys}} for r in rows])
 
     def save_state(self, conn: Connection, key: str, value: dict[str, Any]) -> None:
         self.upsert(conn, state, [{"key": key, "value": value}])
@@ -162,12 +170,19 @@ class PreferenceStore:
         return found
 
     def rows(
-        self, conn: Connection, table: Table, column: str, values: Iterable[str]
+        self,
+        conn: Connection,
+        table: Table,
+        column: str,
+        values: Iterable[str],
+        columns: Iterable[str] | None = None,
     ) -> list[dict[str, Any]]:
+        """Rows whose ``column`` is in ``values`` (only ``columns``, if given)."""
         values = list(values)
+        cols = [table.c[c] for c in columns] if columns else [table]
         out: list[dict[str, Any]] = []
         for i in range(0, len(values), 500):
-            stmt = select(table).where(table.c[column].in_(values[i : i + 500]))
+            stmt = select(*cols).where(table.c[column].in_(values[i : i + 500]))
             out.extend(dict(r._mapping) for r in conn.execute(stmt))
         return out
 

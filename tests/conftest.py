@@ -27,6 +27,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         partitions=2,
         max_model_len=512,
         default_max_tokens=16,
+        trainer=False,  # rounds are driven by the trainer tests themselves
     )
     with LocalStack(settings) as running:
         yield running

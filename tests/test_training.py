@@ -1,0 +1,224 @@
+"""Training round and offline gate on the tiny random Llama (SmolLM2's tokenizer and template).
+
+The whole file must stay well under two minutes on two busy cores, so every run is a few
+optimizer steps at batch 4 with short prompts (a system message replaces SmolLM2's long
+default one) in fp32: bf16 autocast only pays off on SmolLM2-sized matmuls; on this tiny
+model it measured ~2x slower than fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from livealign.models import prepare_tiny
+from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
+from trainer.gate import GateConfig, evaluate, preference_accuracy
+from trainer.train import (
+    RewardModel,
+    TrainConfig,
+    train_policy,
+    train_reward_model,
+    weighted_resample,
+)
+
+TOPICS = ["the sky blue", "water wet", "fire cold", "snow white", "grass green", "ice hot"]
+
+# A tiny random model learns a constant "Yes." over "No." preference fast: in tuning, one
+# step at lr 5e-3 already gave held-out preference accuracy 1.0 (and 0.0 for the inverted
+# pairs). Four steps leave a wide margin at ~1.3 s per step here.
+LEARN_STEPS = 4
+LEARN_LR = 5e-3
+
+
+def prompt(i: int) -> list[ChatMessage]:
+    return [
+        ChatMessage(role="system", content="Answer briefly."),
+        ChatMessage(role="user", content=f"Is {TOPICS[i % len(TOPICS)]}? ({i})"),
+    ]
+
+
+def pair(
+    i: int, chosen: str = "Yes.", rejected: str = "No.", weight: float = 1.0
+) -> PreferencePair:
+    return PreferencePair(
+        pair_id=f"pair-{i}-{chosen}",
+        prompt=prompt(i),
+        chosen=chosen,
+        rejected=rejected,
+        weight=weight,
+        provenance="edit",
+        rejected_response_id=f"resp-{i}",
+        adapter="base",
+    )
+
+
+def label(i: int, desirable: bool) -> PreferenceLabel:
+    return PreferenceLabel(
+        response_id=f"resp-{i}",
+        prompt=prompt(i),
+        completion="Yes." if desirable else "No.",
+        desirable=desirable,
+        weight=1.0,
+        score=0.8 if desirable else -0.8,
+        confidence=0.9,
+        scenario="open",
+        adapter="base",
+        n_signals=1,
+    )
+
+
+def config(**overrides: Any) -> TrainConfig:
+    base = {"batch_size": 4, "max_length": 64, "bf16": False, "num_threads": 2, "seed": 0}
+    return TrainConfig(**(base | overrides))
+
+
+YES_PAIRS = [pair(i) for i in range(16)]
+NO_PAIRS = [pair(i, chosen="No.", rejected="Yes.") for i in range(16)]
+HELD_OUT = [pair(i) for i in range(100, 112)]
+
+
+@pytest.fixture(scope="module")
+def base() -> Path:
+    torch.set_num_threads(2)
+    return prepare_tiny(Path.home() / ".cache" / "livealign" / "models")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def yes_adapter(base: Path, workdir: Path) -> Path:
+    cfg = config(max_steps=LEARN_STEPS, dpo_lr=LEARN_LR)
+    return train_policy(base, None, YES_PAIRS, [], workdir / "yes", cfg).adapter_dir
+
+
+@pytest.fixture(scope="module")
+def no_adapter(base: Path, workdir: Path) -> Path:
+    cfg = config(max_steps=LEARN_STEPS, dpo_lr=LEARN_LR)
+    return train_policy(base, None, NO_PAIRS, [], workdir / "no", cfg).adapter_dir
+
+
+@pytest.fixture(scope="module")
+def reward_dir(base: Path, workdir: Path) -> tuple[Path, float | None]:
+    # The score head starts random; 8 steps at lr 5e-3 separate a constant preference.
+    cfg = config(max_steps=8, reward_lr=5e-3)
+    result = train_reward_model(base, YES_PAIRS, workdir / "rm", cfg, held_out=HELD_OUT)
+    assert result.n_train == len(YES_PAIRS) and result.n_eval == len(HELD_OUT)
+    assert result.steps == 8
+    return result.model_dir, result.held_out_accuracy
+
+
+def test_weighted_resample_follows_weights() -> None:
+    picks = weighted_resample([2.0, 1.0, 0.0, 1.0], 400, random.Random(0))
+    assert Counter(picks) == {0: 200, 1: 100, 3: 100}
+    assert picks != sorted(picks)  # shuffled: no long runs of one record
+
+
+def test_adapter_folder_and_parent_start(base: Path, workdir: Path, yes_adapter: Path) -> None:
+    files = {p.name for p in yes_adapter.iterdir()}
+    assert files == {"adapter_config.json", "adapter_model.safetensors"}
+    cfg_json = json.loads((yes_adapter / "adapter_config.json").read_text())
+    assert cfg_json["base_model_name_or_path"] == str(base)
+
+    # lr 0 from a parent: the saved LoRA must be exactly the parent's, which shows the parent
+    # was loaded (a fresh LoRA has B = 0 and random A) and that only "default" was saved.
+    seen: list[dict[str, Any]] = []
+    out = workdir / "child"
+    result = train_policy(
+        base, yes_adapter, YES_PAIRS[:4], [], out, config(max_steps=1, dpo_lr=0.0), seen.append
+    )
+    assert result.steps == 1 and result.n_pairs == 4 and result.dpo_loss is not None
+    parent = load_file(yes_adapter / "adapter_model.safetensors")
+    child = load_file(out / "adapter_model.safetensors")
+    assert parent.keys() == child.keys()
+    assert any(".lora_B." in k and parent[k].abs().sum() > 0 for k in parent)
+    for key, tensor in parent.items():
+        assert torch.equal(tensor, child[key]), key
+    assert [(s["stage"], s["step"], s["total_steps"]) for s in seen] == [("dpo", 1, 1)]
+    assert {"loss", "eta_s"} <= seen[0].keys()
+
+
+def test_dpo_learns_preference(base: Path, yes_adapter: Path, no_adapter: Path) -> None:
+    good = preference_accuracy(base, yes_adapter, None, HELD_OUT)
+    bad = preference_accuracy(base, no_adapter, None, HELD_OUT)
+    assert good > 0.5
+    assert good >= bad + 0.5
+
+
+def test_gate_rejects_inverted_candidate(
+    base: Path, yes_adapter: Path, no_adapter: Path, reward_dir: tuple[Path, float | None]
+) -> None:
+    gate = GateConfig(max_new_tokens=8, n_prompts=4)
+    prompts = [p.prompt for p in HELD_OUT]
+    rm = RewardModel.load(base, reward_dir[0])
+    bad = evaluate(base, no_adapter, None, HELD_OUT, prompts, rm, gate)
+    assert not bad.passed
+    assert any(r.startswith("preference accuracy") for r in bad.reasons), bad.reasons
+    assert bad.metrics["pref_accuracy"] < gate.min_pref_accuracy
+    for key in ("win_rate", "nll_candidate", "nll_current", "length_ratio"):
+        assert key in bad.metrics
+    assert 0.0 <= bad.metrics["win_rate"] <= 1.0
+
+    # The good candidate clears the preference check; its answers ("Yes.") are far shorter
+    # than the random base model's, so the length guard may still object: not asserted.
+    good = evaluate(base, yes_adapter, no_adapter, HELD_OUT, prompts, None, gate)
+    assert good.metrics["pref_accuracy"] >= gate.min_pref_accuracy
+    assert not any(r.startswith("preference accuracy") for r in good.reasons)
+    assert any(s.startswith("win rate") for s in good.skipped)
+
+
+def test_reward_model_prefers_chosen(base: Path, reward_dir: tuple[Path, float | None]) -> None:
+    model_dir, held_out_accuracy = reward_dir
+    assert held_out_accuracy is not None and held_out_accuracy > 0.5
+    saved = load_file(model_dir / "adapter_model.safetensors")
+    assert any("score" in k for k in saved), "the score head must be saved with the adapter"
+    rm = RewardModel.load(base, model_dir)
+    prompts = [p.prompt for p in HELD_OUT[:4]]
+    yes = rm.score(prompts, ["Yes."] * 4)
+    no = rm.score(prompts, ["No."] * 4)
+    assert all(y > n for y, n in zip(yes, no, strict=True)), (yes, no)
+
+
+def test_kto_only_learns_from_labels(base: Path, workdir: Path) -> None:
+    # "Yes." desirable, "No." undesirable, imbalanced 2:1 on purpose (class weights kick in).
+    labels = [label(i, desirable=i % 3 != 0) for i in range(12)]
+    # Like DPO, KTO picks this up within a few steps at lr 5e-3 (KTO's first step only
+    # moves LoRA B off zero, so its loss shows movement from the third step on).
+    cfg = config(max_steps=4, kto_lr=LEARN_LR)
+    result = train_policy(base, None, [], labels, workdir / "kto", cfg)
+    assert result.steps == 4 and result.n_labels == 12 and result.n_pairs == 0
+    assert result.dpo_loss is None and result.kto_loss is not None
+    assert preference_accuracy(base, result.adapter_dir, None, HELD_OUT) > 0.5
+
+
+def test_dpo_then_kto(base: Path, workdir: Path) -> None:
+    labels = [label(i, desirable=i % 2 == 0) for i in range(8)]
+    seen: list[dict[str, Any]] = []
+    result = train_policy(
+        base, None, YES_PAIRS[:8], labels, workdir / "both", config(max_steps=1), seen.append
+    )
+    assert result.steps == 2
+    assert result.dpo_loss is not None and result.kto_loss is not None
+    assert [(s["stage"], s["step"], s["total_steps"]) for s in seen] == [
+        ("dpo", 1, 2),
+        ("kto", 2, 2),
+    ]
+    files = {p.name for p in result.adapter_dir.iterdir()}
+    assert files == {"adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_no_data_is_an_error(base: Path, workdir: Path) -> None:
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_policy(base, None, [], [], workdir / "empty", config())
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_policy(base, None, [pair(0, weight=0.0)], [], workdir / "empty", config())

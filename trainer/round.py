@@ -1,0 +1,226 @@
+"""One training round, start to end: data -> reward model -> policy -> gate -> publish.
+
+Plain Python, so it can be tested and timed without Ray; ``trainer.actor`` schedules it.
+Each round trains from the adapter now served, on the records that arrived after the
+data window of that adapter, and never leaves a half-published version behind (the
+registry renames a complete folder into place or nothing at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from monitoring import metrics as m
+from streaming import store as s
+from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, now_ms
+from streaming.store import PreferenceStore
+from trainer.gate import GateConfig, evaluate
+from trainer.registry import DataWindow, Registry
+from trainer.train import RewardModel, TrainConfig, train_policy, train_reward_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainerConfig(BaseModel):
+    base_model: Path = Field(description="HF-format folder of the served base model.")
+    registry_dir: Path
+    store_url: str = Field(description="SQLAlchemy URL of the preference store.")
+    work_dir: Path = Field(description="Scratch space for candidates and reward models.")
+    interval_s: float = Field(600.0, description="A round at least this often, if data.")
+    min_new_records: int = Field(64, description="Or as soon as this many records are new.")
+    min_records: int = Field(8, description="Fewer new records than this: no round.")
+    held_out_fraction: float = Field(0.2, description="Share of records kept for the gate.")
+    max_records: int = Field(2000, description="Most recent records used in one round.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+@dataclass
+class RoundReport:
+    outcome: str  # published | rejected | skipped | failed
+    started_ms: int
+    version: str | None = None
+    parent: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    n_pairs: int = 0
+    n_labels: int = 0
+
+
+def _held_out(key: str, fraction: float) -> bool:
+    """Deterministic split: a record stays on the same side in every round."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+class Trainer:
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+        self.registry = Registry(config.registry_dir)
+        self.store = PreferenceStore(config.store_url)
+
+    # --- data ------------------------------------------------------------------------
+    def window_start(self) -> int:
+        """Records newer than this have not taught the served adapter yet."""
+        stable = self.registry.state().stable
+        return self.registry.get(stable).data_window.to_ms if stable else 0
+
+    def records(self, since_ms: int) -> tuple[list[PreferencePair], list[PreferenceLabel]]:
+        limit = self.config.max_records
+        with self.store.engine.connect() as conn:
+            pair_rows = conn.execute(
+                select(s.pairs).where(s.pairs.c.updated_ms > since_ms)
+                .order_by(s.pairs.c.updated_ms.desc()).limit(limit)
+            ).all()  # fmt: skip
+            label_rows = conn.execute(
+                select(s.labels).where(s.labels.c.updated_ms > since_ms)
+                .order_by(s.labels.c.updated_ms.desc()).limit(limit)
+            ).all()  # fmt: skip
+        pairs = [PreferencePair.model_validate(_row(r, "updated_ms")) for r in pair_rows]
+        labels = [PreferenceLabel.model_validate(_row(r, "updated_ms")) for r in label_rows]
+        return pairs, labels
+
+    def new_records(self) -> int:
+        pairs, labels = self.records(self.window_start())
+        return len(pairs) + len(labels)
+
+    # --- the round ---------------------------------------------------------------------
+    def run_round(self) -> RoundReport:
+        report = RoundReport(outcome="skipped", started_ms=now_ms())
+        m.ROUNDS.labels("started").inc()
+        try:
+            self._run(report)
+        except Exception as exc:
+            report.outcome, report.reasons = "failed", [f"{type(exc).__name__}: {exc}"]
+            log.exception("training round failed")
+        m.ROUNDS.labels(report.outcome).inc()
+        self._log(report)
+        return report
+
+    def _run(self, report: RoundReport) -> None:
+        cfg = self.config
+        self.registry.gc_temp(older_than_s=0)  # leftovers of a round killed midway
+        stable = self.registry.state().stable
+        report.parent = stable
+        parent_dir = self.registry.path(stable) if stable else None
+        since, until = self.window_start(), now_ms()
+        pairs, labels = self.records(since)
+        report.n_pairs, report.n_labels = len(pairs), len(labels)
+        if len(pairs) + len(labels) < cfg.min_records:
+            report.reasons = [f"{len(pairs) + len(labels)} new records < {cfg.min_records}"]
+            return
+        # Train on the new records; judge on the held-out share of ALL records, old ones
+        # too, so a candidate that unlearns what earlier rounds established fails the gate.
+        frac = cfg.held_out_fraction
+        train_pairs = [p for p in pairs if not _held_out(p.pair_id, frac)]
+        train_labels = [x for x in labels if not _held_out(x.response_id, frac)]
+        every_pair, every_label = self.records(0) if since else (pairs, labels)
+        held_pairs = [p for p in every_pair if _held_out(p.pair_id, frac)]
+        held_labels = [x for x in every_label if _held_out(x.response_id, frac)]
+        for old in cfg.work_dir.glob("round-*"):  # scratch of a round killed midway
+            shutil.rmtree(old, ignore_errors=True)
+        work = cfg.work_dir / f"round-{report.started_ms}"
+        work.mkdir(parents=True)
+        try:
+            reward = self._reward_model(train_pairs, held_pairs, work, report)
+            t = time.perf_counter()
+            policy = train_policy(
+                cfg.base_model, parent_dir, train_pairs, train_labels, work / "candidate",
+                cfg.train, progress=_progress("policy"),
+            )  # fmt: skip
+            report.seconds["policy"] = time.perf_counter() - t
+            for key, value in (("dpo_loss", policy.dpo_loss), ("kto_loss", policy.kto_loss)):
+                if value is not None:
+                    report.metrics[key] = value
+            t = time.perf_counter()
+            prompts = _prompts(held_pairs, held_labels, cfg.gate.n_prompts)
+            gate = evaluate(
+                cfg.base_model,
+                policy.adapter_dir,
+                parent_dir,
+                held_pairs,
+                prompts,
+                reward,
+                cfg.gate,
+            )
+            report.seconds["gate"] = time.perf_counter() - t
+            report.metrics.update(gate.metrics)
+            for key, value in gate.metrics.items():
+                m.GATE_METRIC.labels("candidate", key).set(value)
+            if not gate.passed:
+                report.outcome, report.reasons = "rejected", gate.reasons
+                log.info("candidate rejected: %s", "; ".join(gate.reasons))
+                return
+            t = time.perf_counter()
+            window = DataWindow(
+                from_ms=since, to_ms=until, n_pairs=len(pairs), n_labels=len(labels)
+            )
+            manifest = self.registry.publish(
+                policy.adapter_dir, parent=stable, base_model=str(cfg.base_model),
+                data_window=window, metrics=report.metrics,
+            )  # fmt: skip
+            self.registry.set_state(stable=manifest.ref, action="publish", reason="gate passed")
+            report.seconds["publish"] = time.perf_counter() - t
+            report.outcome, report.version = "published", manifest.ref
+            log.info("published %s (parent %s)", manifest.ref, stable)
+        finally:
+            for stage, secs in report.seconds.items():
+                m.ROUND_SECONDS.labels(stage).observe(secs)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _reward_model(
+        self,
+        train_pairs: list[PreferencePair],
+        held_pairs: list[PreferencePair],
+        work: Path,
+        report: RoundReport,
+    ) -> RewardModel | None:
+        if len(train_pairs) < 2:
+            report.reasons.append("too few pairs for a reward model; win rate not judged")
+            return None
+        t = time.perf_counter()
+        result = train_reward_model(
+            self.config.base_model, train_pairs, work / "reward", self.config.train,
+            held_out=held_pairs or None, progress=_progress("reward"),
+        )  # fmt: skip
+        report.seconds["reward"] = time.perf_counter() - t
+        if result.held_out_accuracy is not None:
+            report.metrics["reward_accuracy"] = result.held_out_accuracy
+        return RewardModel.load(self.config.base_model, result.model_dir)
+
+    def _log(self, report: RoundReport) -> None:
+        path = self.config.registry_dir / "rounds.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(asdict(report)) + "\n")
+
+
+def _row(row: Any, *drop: str) -> dict[str, Any]:
+    return {k: v for k, v in row._mapping.items() if k not in drop}
+
+
+def _prompts(
+    pairs: list[PreferencePair], labels: list[PreferenceLabel], n: int
+) -> list[list[ChatMessage]]:
+    seen: dict[str, list[ChatMessage]] = {}
+    for prompt in [p.prompt for p in pairs] + [x.prompt for x in labels]:
+        seen.setdefault(json.dumps([msg.model_dump() for msg in prompt]), prompt)
+    return list(seen.values())[:n]
+
+
+def _progress(stage: str) -> Any:
+    def report(update: dict[str, float]) -> None:
+        if "loss" in update:
+            m.TRAIN_LOSS.labels(stage).set(update["loss"])
+
+    return report

@@ -1,0 +1,717 @@
+"""One training round's model work: DPO (+ SFT term) and KTO on a LoRA adapter, and a reward model.
+
+No scheduling and no registry here: the caller decides when to train, what data goes in and
+whether the result is published. Everything runs through TRL 1.16 + PEFT on whatever device
+torch sees (the CPU here), and only adapters are written, never full models.
+
+Chat formatting always goes through the tokenizer's chat template, exactly as serving renders
+``apply_chat_template(messages, add_generation_prompt=True)`` and lets the answer follow, so the
+model is trained on the same token sequences it later continues.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PrinterCallback,
+    TrainerCallback,
+)
+
+from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
+
+__all__ = [
+    "PolicyResult",
+    "Progress",
+    "RewardModel",
+    "RewardResult",
+    "TrainConfig",
+    "completion_ids",
+    "load_tokenizer",
+    "messages_as_dicts",
+    "prompt_ids",
+    "train_policy",
+    "train_reward_model",
+]
+
+log = logging.getLogger(__name__)
+
+# Gets {"step", "total_steps", "loss", "eta_s"} (numbers) and "stage" ("dpo", "kto" or "reward").
+Progress = Callable[[dict[str, Any]], None]
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training round. Defaults suit SmolLM2-135M on a few CPU cores."""
+
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Linear layers that get a LoRA (every projection of a Llama block).",
+    )
+    dpo_lr: float = Field(
+        2e-4,
+        ge=0,
+        description="DPO learning rate. 2e-4 is safe only together with the SFT term: plain DPO at "
+        "this rate over-optimizes SmolLM2-135M into gibberish within an epoch.",
+    )
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO beta: strength of the pull to the reference."
+    )
+    sft_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the SFT (NLL on the chosen answer) term added to the DPO sigmoid "
+        "loss; it keeps answers fluent. 0 gives plain DPO.",
+    )
+    kto_lr: float = Field(
+        1e-4,
+        ge=0,
+        description="KTO learning rate; lower than DPO's because KTO has no SFT term to anchor it.",
+    )
+    kto_beta: float = Field(
+        0.1, gt=0, description="KTO beta: strength of the pull to the reference."
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the (weight-resampled) policy data, per stage."
+    )
+    batch_size: int = Field(8, ge=1, description="Records per optimizer micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(
+        256,
+        ge=8,
+        description="Token limit of prompt + answer. Longer sequences lose their end; records "
+        "whose prompt alone fills it are dropped.",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="If set, optimizer steps per stage, overriding `epochs`."
+    )
+    bf16: bool = Field(
+        True, description="bf16 autocast (on this CPU ~2x faster than fp32); weights stay fp32."
+    )
+    seed: int = Field(0, description="Seeds LoRA init, resampling and data order.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while training; None leaves torch's setting."
+    )
+    reward_lr: float = Field(2e-4, ge=0, description="Reward-model learning rate (LoRA + head).")
+    reward_epochs: float = Field(
+        2.0,
+        gt=0,
+        description="Passes over the reward-model pairs: its scalar head starts random and needs "
+        "more than one pass over a few hundred pairs.",
+    )
+    log_every: int = Field(1, ge=1, description="Log a line and report progress every N steps.")
+
+
+@dataclass
+class PolicyResult:
+    """What train_policy produced: the adapter folder and how training went."""
+
+    adapter_dir: Path
+    steps: int
+    seconds: float
+    dpo_loss: float | None
+    kto_loss: float | None
+    n_pairs: int
+    n_labels: int
+
+
+@dataclass
+class RewardResult:
+    """What train_reward_model produced: the adapter (LoRA + score head) and its accuracy."""
+
+    model_dir: Path
+    held_out_accuracy: float | None
+    steps: int
+    seconds: float
+    n_train: int
+    n_eval: int
+
+
+# ---- chat formatting shared with the gate ------------------------------------------------
+
+
+def messages_as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def load_tokenizer(base_model: Path) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _template_ids(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    return list(out["input_ids"])
+
+
+def prompt_ids(tokenizer: Any, prompt: Sequence[ChatMessage]) -> list[int]:
+    """Token ids serving feeds the model before it answers."""
+    return _template_ids(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
+
+
+def completion_ids(
+    tokenizer: Any, prompt: Sequence[ChatMessage], answer: str
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) the way TRL splits them: the answer starts where the rendered
+    prompt and the rendered prompt + answer first differ (includes the end-of-turn tokens)."""
+    head = prompt_ids(tokenizer, prompt)
+    full = _template_ids(
+        tokenizer, [*messages_as_dicts(prompt), {"role": "assistant", "content": answer}]
+    )
+    n = 0
+    while n < min(len(head), len(full)) and head[n] == full[n]:
+        n += 1
+    return full[:n], full[n:]
+
+
+# ---- shared plumbing -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's thread count is process-global: set it for the run, then put it back."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def weighted_resample(weights: Sequence[float], n: int, rng: random.Random) -> list[int]:
+    """n indices drawn in proportion to weights, by systematic resampling, then shuffled.
+
+    Why resampling rather than a per-sample loss weight: TRL 1.16's DPO and KTO losses take no
+    per-example weight (DPO's `use_weighting` is WPO's probability weighting, KTO's
+    desirable/undesirable weights are per class), and subclassing their loss would tie us to
+    TRL internals. Systematic (not i.i.d.) sampling gives each record floor or ceil of its
+    expected count n * w / sum(w), so a weight-2 record is seen about twice as often as a
+    weight-1 one even in a small round, and weight 0 means never. The records are visited in
+    a random order: systematic sampling over the given order would alias with any periodic
+    pattern in it (every third record undesirable, say) and could skip a whole class.
+    """
+    total = sum(max(float(w), 0.0) for w in weights)
+    if n <= 0 or total <= 0:
+        return []
+    order = list(range(len(weights)))
+    rng.shuffle(order)
+    cumulative, acc = [], 0.0
+    for i in order:
+        acc += max(float(weights[i]), 0.0)
+        cumulative.append(acc / total)
+    cumulative[-1] = 1.0  # rounding must not leave the last point past the end
+    offset = rng.random() / n
+    picks = [
+        order[min(bisect.bisect_right(cumulative, offset + k / n), len(order) - 1)]
+        for k in range(n)
+    ]
+    rng.shuffle(picks)
+    return picks
+
+
+def _n_samples(n_records: int, batch: int, config: TrainConfig) -> int:
+    """Dataset size for one stage: whole batches only, so every step (and KTO's in-batch KL
+    estimate) sees a full batch; `max_steps` fixes the count, else `epochs` passes."""
+    if config.max_steps is not None:
+        return config.max_steps * batch * config.grad_accum
+    per_step = batch * config.grad_accum
+    return max(1, math.ceil(n_records * config.epochs / per_step)) * per_step
+
+
+def _fits(tokenizer: Any, prompt: Sequence[ChatMessage], max_length: int) -> bool:
+    # TRL drops (not truncates) a record whose prompt alone fills max_length; dropping it
+    # here first keeps the counts honest and never hands TRL an empty dataset.
+    return len(prompt_ids(tokenizer, prompt)) < max_length
+
+
+class _ProgressCallback(TrainerCallback):
+    """Turns Trainer log events into `progress` calls and one INFO line each."""
+
+    def __init__(self, stage: str, offset: int, total: int, progress: Progress | None) -> None:
+        self.stage, self.offset, self.total, self.progress = stage, offset, total, progress
+        self.started = time.monotonic()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        if not logs or "loss" not in logs:
+            return  # the end-of-training summary and eval logs carry no step loss
+        loss = float(logs["loss"])
+        done = self.offset + int(state.global_step)
+        per_step = (time.monotonic() - self.started) / max(int(state.global_step), 1)
+        eta = per_step * (self.total - done)
+        info = {"step": done, "total_steps": self.total, "loss": loss, "eta_s": eta}
+        log.info(
+            "%s step %d/%d loss %.4f (%.1f s/step, eta %.0f s)",
+            self.stage,
+            done,
+            self.total,
+            loss,
+            per_step,
+            eta,
+        )
+        if self.progress is not None:
+            self.progress({**info, "stage": self.stage})
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No per-map progress bars from `datasets` in a background trainer's log."""
+    from datasets.utils import logging as ds_logging
+
+    was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            ds_logging.enable_progress_bar()
+
+
+def _train(trainer: Any) -> float:
+    """Run a TRL trainer without its stdout printer (we log through `logging` instead)."""
+    trainer.remove_callback(PrinterCallback)
+    return float(trainer.train().training_loss)
+
+
+def _common_args(config: TrainConfig, workdir: str, lr: float, batch: int) -> dict[str, Any]:
+    return {
+        "output_dir": workdir,
+        "learning_rate": lr,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": config.grad_accum,
+        "num_train_epochs": 1,  # the dataset is already resampled to the wanted length
+        "max_length": config.max_length,
+        "bf16": config.bf16,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "logging_steps": config.log_every,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        # Checkpointing trades ~30% more compute for memory a 135M model does not need.
+        "gradient_checkpointing": False,
+        "dataloader_num_workers": 0,
+        # transformers refuses bf16 without a GPU unless told the CPU is meant.
+        "use_cpu": not torch.cuda.is_available(),
+        "remove_unused_columns": True,
+    }
+
+
+def _lora(config: TrainConfig, task_type: str, **extra: Any) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type=task_type,
+        **extra,
+    )
+
+
+def _save_adapter(model: Any, out_dir: Path, base_model: Path) -> None:
+    """Only the trained adapter ("default"), never TRL's frozen "ref" copy or a full model."""
+    model.peft_config["default"].base_model_name_or_path = str(base_model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), selected_adapters=["default"], safe_serialization=True)
+    for extra in ("README.md",):  # PEFT writes a model card we do not ship
+        (out_dir / extra).unlink(missing_ok=True)
+
+
+# ---- policy: DPO then KTO ------------------------------------------------------------------
+
+
+def _load_policy(base_model: Path, adapter: Path | None) -> Any:
+    """fp32 base (bf16 is applied by autocast) with `adapter` loaded trainable, or None."""
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32)
+    if adapter is None:
+        return model
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+
+
+def _dpo_rows(pairs: list[PreferencePair], picks: list[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "prompt": messages_as_dicts(pairs[i].prompt),
+            "chosen": [{"role": "assistant", "content": pairs[i].chosen}],
+            "rejected": [{"role": "assistant", "content": pairs[i].rejected}],
+        }
+        for i in picks
+    ]
+
+
+def _kto_rows(labels: list[PreferenceLabel], picks: list[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "prompt": messages_as_dicts(labels[i].prompt),
+            "completion": [{"role": "assistant", "content": labels[i].completion}],
+            "label": bool(labels[i].desirable),
+        }
+        for i in picks
+    ]
+
+
+def _kto_class_weights(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) balancing the classes as the KTO paper advises:
+    weight the rarer class up so that w_D * n_D / (w_U * n_U) is 1 (the paper's range is
+    [1, 4/3]); never weight a class down, which would shrink the effective learning rate."""
+    n_d = sum(1 for r in rows if r["label"])
+    n_u = len(rows) - n_d
+    if n_d == 0 or n_u == 0:
+        return 1.0, 1.0
+    if n_d >= n_u:
+        return 1.0, n_d / n_u
+    return n_u / n_d, 1.0
+
+
+@dataclass
+class _Stage:
+    name: str
+    rows: list[dict[str, Any]]
+    batch: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.rows) // self.batch  # callers make len(rows) a multiple of batch
+
+
+def _plan_dpo(pairs: list[PreferencePair], config: TrainConfig, rng: random.Random) -> _Stage:
+    if not pairs:
+        return _Stage("dpo", [], 1)
+    batch = min(config.batch_size, len(pairs))
+    n = _n_samples(len(pairs), batch, config)
+    picks = weighted_resample([p.weight for p in pairs], n, rng)
+    return _Stage("dpo", _dpo_rows(pairs, picks), batch * config.grad_accum)
+
+
+def _plan_kto(labels: list[PreferenceLabel], config: TrainConfig, rng: random.Random) -> _Stage:
+    if not labels:
+        return _Stage("kto", [], 1)
+    # KTO estimates its KL term from the other answers of the same batch: it needs >= 2.
+    batch = max(2, min(config.batch_size, len(labels)))
+    n = _n_samples(len(labels), batch, config)
+    picks = weighted_resample([lab.weight for lab in labels], n, rng)
+    return _Stage("kto", _kto_rows(labels, picks), batch * config.grad_accum)
+
+
+def _run_dpo(
+    model: Any, tokenizer: Any, stage: _Stage, config: TrainConfig, workdir: str, cb: Any
+) -> tuple[Any, float]:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    micro = stage.batch // config.grad_accum
+    args = DPOConfig(
+        **_common_args(config, workdir, config.dpo_lr, micro),
+        beta=config.dpo_beta,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, config.sft_weight],
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(stage.rows),
+        processing_class=tokenizer,
+        # A fresh adapter: TRL wraps the model; its reference is the base (adapter disabled).
+        # A loaded parent: TRL copies it into a frozen "ref" adapter, so DPO's reference is
+        # the adapter being served now, not the base.
+        peft_config=None if _is_peft(model) else _lora(config, "CAUSAL_LM"),
+        callbacks=[cb],
+    )
+    loss = _train(trainer)
+    return trainer.accelerator.unwrap_model(trainer.model), loss
+
+
+def _run_kto(
+    model: Any, tokenizer: Any, stage: _Stage, config: TrainConfig, workdir: str, cb: Any
+) -> tuple[Any, float]:
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    desirable, undesirable = _kto_class_weights(stage.rows)
+    micro = stage.batch // config.grad_accum
+    args = KTOConfig(
+        **_common_args(config, workdir, config.kto_lr, micro),
+        beta=config.kto_beta,
+        desirable_weight=desirable,
+        undesirable_weight=undesirable,
+        # The KL estimate pairs each answer with a neighbour's prompt inside a fixed batch;
+        # the rows are already shuffled by the resampler.
+        train_sampling_strategy="sequential",
+    )
+    trainer = KTOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(stage.rows),
+        processing_class=tokenizer,
+        peft_config=None if _is_peft(model) else _lora(config, "CAUSAL_LM"),
+        callbacks=[cb],
+    )
+    loss = _train(trainer)
+    return trainer.accelerator.unwrap_model(trainer.model), loss
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def train_policy(
+    base_model: Path,
+    parent_adapter: Path | None,
+    pairs: list[PreferencePair],
+    labels: list[PreferenceLabel],
+    out_dir: Path,
+    config: TrainConfig,
+    progress: Progress | None = None,
+) -> PolicyResult:
+    """Train a LoRA on `base_model`: DPO (sigmoid + SFT term) on `pairs`, then KTO on `labels`.
+
+    Starts from `parent_adapter`'s weights when given (its LoRA shape then wins over the
+    config's, and it is DPO's reference), else from a fresh LoRA (reference: the base).
+    A stage without data is skipped; no data at all is a ValueError.
+    Record weights are honoured by weighted resampling (see weighted_resample). Writes only
+    adapter_config.json + adapter_model.safetensors into `out_dir`.
+    """
+    started = time.monotonic()
+    tokenizer = load_tokenizer(base_model)
+    pairs = [p for p in pairs if p.weight > 0 and _fits(tokenizer, p.prompt, config.max_length)]
+    labels = [
+        lab for lab in labels if lab.weight > 0 and _fits(tokenizer, lab.prompt, config.max_length)
+    ]
+    if not pairs and not labels:
+        raise ValueError("nothing to train on: no usable pairs or labels (weight > 0, prompt fits)")
+    rng = random.Random(config.seed)
+    stages = [s for s in (_plan_dpo(pairs, config, rng), _plan_kto(labels, config, rng)) if s.rows]
+    total = sum(s.steps for s in stages)
+    losses: dict[str, float] = {}
+    adapter = parent_adapter
+    with (
+        _threads(config.num_threads),
+        _quiet_datasets(),
+        tempfile.TemporaryDirectory(prefix="livealign-") as tmp,
+    ):
+        for i, stage in enumerate(stages):
+            offset = sum(s.steps for s in stages[:i])
+            # Each stage starts from a fresh base + the previous stage's saved adapter: TRL
+            # patches the model it trains (fused LM head, a "ref" adapter), so an object is
+            # never handed to a second trainer. KTO's reference is therefore the DPO result.
+            model = _load_policy(base_model, adapter)
+            cb = _ProgressCallback(stage.name, offset, total, progress)
+            run = _run_dpo if stage.name == "dpo" else _run_kto
+            log.info("%s: %d samples, %d steps", stage.name, len(stage.rows), stage.steps)
+            trained, losses[stage.name] = run(
+                model, tokenizer, stage, config, f"{tmp}/{stage.name}", cb
+            )
+            last = i == len(stages) - 1
+            adapter = out_dir if last else Path(tmp) / f"{stage.name}-adapter"
+            if last and out_dir.exists():
+                _clear_adapter_files(out_dir)
+            _save_adapter(trained, adapter, base_model)
+    seconds = time.monotonic() - started
+    log.info("policy trained: %d steps in %.0f s -> %s", total, seconds, out_dir)
+    return PolicyResult(
+        adapter_dir=out_dir,
+        steps=total,
+        seconds=seconds,
+        dpo_loss=losses.get("dpo"),
+        kto_loss=losses.get("kto"),
+        n_pairs=len(pairs),
+        n_labels=len(labels),
+    )
+
+
+def _clear_adapter_files(out_dir: Path) -> None:
+    # A stale weights file from an earlier run in the same folder must not survive next to
+    # a new config.
+    for name in (*ADAPTER_FILES, "adapter_model.bin"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+# ---- reward model ------------------------------------------------------------------------
+
+
+def _load_reward_base(base_model: Path, tokenizer: Any) -> Any:
+    from transformers.utils import logging as hf_logging
+
+    # The base checkpoint has no score head, so transformers warns it is "MISSING" and freshly
+    # initialized: expected here (training creates it, loading an adapter restores it).
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(base_model), num_labels=1, dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # The classifier reads the score at the last non-pad token, so it must know the pad id.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+class RewardModel:
+    """A scalar reward r(prompt, answer): the base model + LoRA + trained score head."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 512) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, base_model: Path, adapter_dir: Path, max_length: int = 512) -> RewardModel:
+        from peft import PeftModel
+
+        tokenizer = load_tokenizer(base_model)
+        model = PeftModel.from_pretrained(
+            _load_reward_base(base_model, tokenizer), str(adapter_dir)
+        )
+        return cls(model, tokenizer, max_length)
+
+    def _ids(self, prompt: Sequence[ChatMessage], answer: str) -> list[int]:
+        ids = _template_ids(
+            self.tokenizer,
+            [*messages_as_dicts(prompt), {"role": "assistant", "content": answer}],
+        )
+        # The score is read at the end of the answer: keep the end when cutting.
+        return ids[-self.max_length :]
+
+    @torch.inference_mode()
+    def score(
+        self, prompts: list[list[ChatMessage]], completions: list[str], batch_size: int = 8
+    ) -> list[float]:
+        """Reward of each (prompt, completion), rendered with the chat template as in training."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        seqs = [self._ids(p, c) for p, c in zip(prompts, completions, strict=True)]
+        scores: list[float] = []
+        for start in range(0, len(seqs), batch_size):
+            scores.extend(self._score_batch(seqs[start : start + batch_size]))
+        return scores
+
+    def _score_batch(self, seqs: list[list[int]]) -> list[float]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(s) for s in seqs)
+        # Right padding: the classifier picks the last non-pad token of each row.
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return [float(x) for x in logits[:, 0].float()]
+
+    def accuracy(self, pairs: list[PreferencePair]) -> float:
+        """Fraction of pairs where r(chosen) > r(rejected)."""
+        prompts = [p.prompt for p in pairs]
+        chosen = self.score(prompts, [p.chosen for p in pairs])
+        rejected = self.score(prompts, [p.rejected for p in pairs])
+        wins = sum(1 for c, r in zip(chosen, rejected, strict=True) if c > r)
+        return wins / len(pairs)
+
+
+def _reward_rows(pairs: list[PreferencePair], picks: list[int]) -> list[dict[str, Any]]:
+    # Explicit-prompt conversational format: RewardTrainer renders prompt + answer in full.
+    return _dpo_rows(pairs, picks)
+
+
+def _pair_fits(tokenizer: Any, pair: PreferencePair, max_length: int) -> bool:
+    # RewardTrainer drops (does not truncate) a pair with a side longer than max_length.
+    return all(
+        sum(len(part) for part in completion_ids(tokenizer, pair.prompt, answer)) <= max_length
+        for answer in (pair.chosen, pair.rejected)
+    )
+
+
+def train_reward_model(
+    base_model: Path,
+    pairs: list[PreferencePair],
+    out_dir: Path,
+    config: TrainConfig,
+    held_out: list[PreferencePair] | None = None,
+    progress: Progress | None = None,
+) -> RewardResult:
+    """Train a reward model (base + scalar head + LoRA, TRL RewardTrainer) on `pairs`.
+
+    Saves the adapter, which carries the score head (modules_to_save), into `out_dir`, and
+    reports pairwise accuracy on `held_out` when given.
+    """
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    started = time.monotonic()
+    tokenizer = load_tokenizer(base_model)
+    pairs = [p for p in pairs if p.weight > 0 and _pair_fits(tokenizer, p, config.max_length)]
+    if not pairs:
+        raise ValueError("nothing to train the reward model on: no pair with weight > 0 fits")
+    batch = min(config.batch_size, len(pairs))
+    epochs_config = config.model_copy(update={"epochs": config.reward_epochs})
+    n = _n_samples(len(pairs), batch, epochs_config)
+    picks = weighted_resample([p.weight for p in pairs], n, random.Random(config.seed))
+    steps = n // (batch * config.grad_accum)
+    cb = _ProgressCallback("reward", 0, steps, progress)
+    with (
+        _threads(config.num_threads),
+        _quiet_datasets(),
+        tempfile.TemporaryDirectory(prefix="livealign-rm-") as tmp,
+    ):
+        args = RewardConfig(**_common_args(config, tmp, config.reward_lr, batch))
+        trainer = RewardTrainer(
+            model=_load_reward_base(base_model, tokenizer),
+            args=args,
+            train_dataset=Dataset.from_list(_reward_rows(pairs, picks)),
+            processing_class=tokenizer,
+            # The score head is new and random: it must train and be saved with the adapter.
+            peft_config=_lora(config, "SEQ_CLS", modules_to_save=["score"]),
+            callbacks=[cb],
+        )
+        log.info("reward: %d samples, %d steps", n, steps)
+        _train(trainer)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if out_dir.exists():
+            _clear_adapter_files(out_dir)
+        _save_adapter(model, out_dir, base_model)
+        accuracy = RewardModel(model, tokenizer).accuracy(held_out) if held_out else None
+    seconds = time.monotonic() - started
+    log.info(
+        "reward model trained: %d steps in %.0f s, held-out accuracy %s", steps, seconds, accuracy
+    )
+    return RewardResult(
+        model_dir=out_dir,
+        held_out_accuracy=accuracy,
+        steps=steps,
+        seconds=seconds,
+        n_train=len(pairs),
+        n_eval=len(held_out or []),
+    )
