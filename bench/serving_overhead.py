@@ -52,7 +52,7 @@ def bench_vllm(model: Path, settings: Settings, args: argparse.Namespace) -> Loa
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model), "--served-model-name", "livealign",
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "bfloat16", "--max-model-len", str(settings.max_model_len),
+        "--dtype", settings.resolved_dtype(), "--max-model-len", str(settings.max_model_len),
         "--max-num-seqs", "64", "--disable-log-stats",
     ]  # fmt: skip
     if settings.enable_lora:

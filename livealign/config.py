@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     ray_num_cpus: int = 2
     max_model_len: int = 2048
     kv_cache_gib: int = 1
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="Serving dtype; auto: bf16 where the hardware computes it natively, else "
+        "fp32 (on an AVX2-only CPU bf16 is emulated and ~2.7x slower).",
+    )
     enable_lora: bool = True
     default_max_tokens: int = 256
     store_url: str | None = Field(None, description="Preference store; none: SQLite in home.")
@@ -91,6 +96,7 @@ class Settings(BaseSettings):
         return ServingConfig(
             engine=EngineConfig(
                 model_path=str(model_path),
+                dtype=self.resolved_dtype(),
                 served_model_name=self.served_model_name,
                 max_model_len=self.max_model_len,
                 kv_cache_gib=self.kv_cache_gib,
@@ -107,6 +113,13 @@ class Settings(BaseSettings):
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
             registry_dir=self.registry_dir,
         )
+
+    def resolved_dtype(self) -> Literal["bfloat16", "float32"]:
+        if self.dtype != "auto":
+            return self.dtype
+        from trainer.train import native_bf16  # one definition, shared with training
+
+        return "bfloat16" if native_bf16() else "float32"
 
     @property
     def registry_dir(self) -> Path:

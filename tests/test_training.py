@@ -2,8 +2,7 @@
 
 The whole file must stay well under two minutes on two busy cores, so every run is a few
 optimizer steps at batch 4 with short prompts (a system message replaces SmolLM2's long
-default one) in fp32: bf16 autocast only pays off on SmolLM2-sized matmuls; on this tiny
-model it measured ~2x slower than fp32.
+default one) in fp32 (bf16 autocast is emulated, and slow, on a CPU without AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ TOPICS = ["the sky blue", "water wet", "fire cold", "snow white", "grass green",
 
 # A tiny random model learns a constant "Yes." over "No." preference fast: in tuning, one
 # step at lr 5e-3 already gave held-out preference accuracy 1.0 (and 0.0 for the inverted
-# pairs). Four steps leave a wide margin at ~1.3 s per step here.
-LEARN_STEPS = 4
+# pairs), as did two. Two steps keep a margin while the file stays fast on busy cores.
+LEARN_STEPS = 2
 LEARN_LR = 5e-3
 
 
@@ -110,11 +109,11 @@ def no_adapter(base: Path, workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reward_dir(base: Path, workdir: Path) -> tuple[Path, float | None]:
-    # The score head starts random; 8 steps at lr 5e-3 separate a constant preference.
-    cfg = config(max_steps=8, reward_lr=5e-3)
+    # The score head starts random; at lr 5e-3 the loss is ~0.05 by step 5 on these pairs.
+    cfg = config(max_steps=6, reward_lr=5e-3)
     result = train_reward_model(base, YES_PAIRS, workdir / "rm", cfg, held_out=HELD_OUT)
     assert result.n_train == len(YES_PAIRS) and result.n_eval == len(HELD_OUT)
-    assert result.steps == 8
+    assert result.steps == 6
     return result.model_dir, result.held_out_accuracy
 
 
@@ -169,12 +168,12 @@ def test_gate_rejects_inverted_candidate(
         assert key in bad.metrics
     assert 0.0 <= bad.metrics["win_rate"] <= 1.0
 
-    # The good candidate clears the preference check; its answers ("Yes.") are far shorter
-    # than the random base model's, so the length guard may still object: not asserted.
-    good = evaluate(base, yes_adapter, no_adapter, HELD_OUT, prompts, None, gate)
+    # The good candidate, judged against the inverted one as the current adapter, clears the
+    # preference check. Without prompts the answer checks are skipped, and said so.
+    good = evaluate(base, yes_adapter, no_adapter, HELD_OUT, [], None, gate)
+    assert good.passed, good.reasons
     assert good.metrics["pref_accuracy"] >= gate.min_pref_accuracy
-    assert not any(r.startswith("preference accuracy") for r in good.reasons)
-    assert any(s.startswith("win rate") for s in good.skipped)
+    assert [s.split(":")[0] for s in good.skipped] == ["win rate", "fluency", "length"]
 
 
 def test_reward_model_prefers_chosen(base: Path, reward_dir: tuple[Path, float | None]) -> None:
@@ -192,11 +191,11 @@ def test_reward_model_prefers_chosen(base: Path, reward_dir: tuple[Path, float |
 def test_kto_only_learns_from_labels(base: Path, workdir: Path) -> None:
     # "Yes." desirable, "No." undesirable, imbalanced 2:1 on purpose (class weights kick in).
     labels = [label(i, desirable=i % 3 != 0) for i in range(12)]
-    # Like DPO, KTO picks this up within a few steps at lr 5e-3 (KTO's first step only
-    # moves LoRA B off zero, so its loss shows movement from the third step on).
-    cfg = config(max_steps=4, kto_lr=LEARN_LR)
+    # KTO picks this up within a few steps at lr 5e-3 too; its first step only moves LoRA B
+    # off zero (and its KL estimate is clamped at 0), so it gets one step more than DPO.
+    cfg = config(max_steps=3, kto_lr=LEARN_LR)
     result = train_policy(base, None, [], labels, workdir / "kto", cfg)
-    assert result.steps == 4 and result.n_labels == 12 and result.n_pairs == 0
+    assert result.steps == 3 and result.n_labels == 12 and result.n_pairs == 0
     assert result.dpo_loss is None and result.kto_loss is not None
     assert preference_accuracy(base, result.adapter_dir, None, HELD_OUT) > 0.5
 
