@@ -103,8 +103,15 @@ def main() -> None:
         model_path = Path(stack.settings.cache_dir) / (
             "SmolLM2-135M-Instruct" if args.model == "smollm2" else args.model
         )
-        config = settings.trainer_config(model_path, stack.bootstrap).model_copy(
-            update={"min_records": 4}
+        base = settings.trainer_config(model_path, stack.bootstrap)
+        # Short chats (48-token answers) fit in 192 tokens; one reward-model epoch and a
+        # smaller gate keep the round within minutes on two CPU cores.
+        config = base.model_copy(
+            update={
+                "min_records": 4,
+                "train": base.train.model_copy(update={"max_length": 192, "reward_epochs": 1.0}),
+                "gate": base.gate.model_copy(update={"n_prompts": 6, "max_new_tokens": 32}),
+            }
         )
         print(f"collecting {args.pairs} edited answers through the API...", flush=True)
         collect_edits(stack.url, args.pairs)
