@@ -6,10 +6,11 @@ With the full local stack (embedded broker, serving, processor) on SmolLM2-135M:
     ``Trainer.run_round`` the trainer actor runs) and the new version is swapped in;
     printed: reward model, policy training, gate, publish, swap, first response served
     by the new version;
-(b) the same steady chat load without a swap and during swaps (base <-> new version,
-    through the admin API); printed: p50/p99 latency of each and the ratios.
+(b) the same steady chat load on the new version without a swap, and during swaps between
+    it and a twin (same weights, its own name) through the admin API; printed: p50/p99
+    latency of each and the ratios.
 
-    python bench/loop_latency.py [--pairs 24] [--clients 4] [--window 40]
+    python bench/loop_latency.py [--pairs 24] [--clients 4] [--requests 32]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from livealign.stack import LocalStack
 from streaming import store as s
 from streaming.broker import free_port
 from streaming.store import PreferenceStore
+from trainer.registry import Registry
 from trainer.round import Trainer
 
 CONCISE = "In short: {}"
@@ -75,15 +77,14 @@ def wait_adapter(url: str, ref: str, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def swapping(url: str, ref: str, admin: dict[str, str], stop: threading.Event) -> int:
-    """Swap base <-> ref back and forth until stopped; returns the number of swaps."""
-    swaps, target = 0, "base"
+def swapping(url: str, refs: tuple[str, str], admin: dict[str, str], stop: threading.Event) -> int:
+    """Swap between two adapter versions until stopped; returns the number of swaps."""
+    swaps = 0
     while not stop.is_set():
-        action = "rollback" if target == "base" else "promote"
-        r = httpx.post(f"{url}/admin/adapters/{target}/{action}", headers=admin, timeout=120)
+        target = refs[(swaps + 1) % 2]
+        r = httpx.post(f"{url}/admin/adapters/{target}/promote", headers=admin, timeout=120)
         r.raise_for_status()
         swaps += 1
-        target = ref if target == "base" else "base"
         stop.wait(3.0)
     return swaps
 
@@ -140,11 +141,20 @@ def main() -> None:
         key = settings.serving_config(model_path, stack.bootstrap).admin_key
         assert key is not None
         admin = {"Authorization": f"Bearer {key.get_secret_value()}"}
+        # A twin of the new version (same weights, its own name): swapping between the two
+        # compares like with like (a LoRA answer costs more than a base one on vLLM CPU).
+        registry = Registry(settings.registry_dir)
+        new = registry.get(report.version)
+        twin = registry.publish(
+            registry.path(new.ref), parent=new.ref, base_model=new.base_model,
+            data_window=new.data_window, metrics=new.metrics, notes="twin for the swap bench",
+        ).ref  # fmt: skip
+        registry.set_state(stable=new.ref, action="promote", reason="swap bench baseline")
         steady = asyncio.run(run_load(stack.url, "livealign", args.requests, args.clients, 32))
         stop = threading.Event()
         result: list[int] = []
         swapper = threading.Thread(
-            target=lambda: result.append(swapping(stack.url, report.version or "", admin, stop))
+            target=lambda: result.append(swapping(stack.url, (new.ref, twin), admin, stop))
         )
         swapper.start()
         during = asyncio.run(run_load(stack.url, "livealign", args.requests, args.clients, 32))

@@ -40,7 +40,8 @@ def up(
     with LocalStack(settings) as stack:
         typer.echo(f"\nLiveAlign is up: {stack.url}/v1  (OpenAPI: {stack.url}/docs)")
         typer.echo(f"Kafka: {stack.bootstrap}   Ctrl-C stops everything.\n")
-        stop.wait()
+        while not stop.wait(5.0):
+            stack.supervise()
         typer.echo("shutting down...")
 
 

@@ -131,6 +131,16 @@ class LocalStack:
         self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         out.close()
 
+    def supervise(self) -> None:
+        """Restart the processor if it died (it resumes from its committed offsets)."""
+        if self.processor is not None and self.processor.poll() is not None:
+            log.error(
+                "processor exited with %s; restarting (see %s)",
+                self.processor.returncode,
+                self.settings.home / "processor.log",
+            )
+            self.start_processor()
+
     def stop_processor(self, timeout: float = 30.0) -> None:
         proc, self.processor = self.processor, None
         if proc is None or proc.poll() is not None:
