@@ -29,6 +29,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    func,
     select,
     update,
 )
@@ -192,8 +193,6 @@ class PreferenceStore:
         return json.loads(value) if isinstance(value, str) else value
 
     def count(self, table: Table) -> int:
-        from sqlalchemy import func
-
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).select_from(table)) or 0)
 
