@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -140,6 +141,58 @@ def chat(
             timeout=30,
         )
         typer.echo(f"feedback: {r.status_code} {r.text}")
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="Base URL of the LiveAlign API.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    chats: Annotated[int, typer.Option(help="Chats to run (regenerations not counted).")] = 200,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 100,
+    concurrency: Annotated[int, typer.Option(help="Chats in flight at once.")] = 4,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Hidden preference share, FAMILY=SHARE (concise, list, warm, "
+            "avoid_phrase); repeatable. Default: concise=1."
+        ),
+    ] = None,
+    adversarial: Annotated[float, typer.Option(help="Share of adversarial users.")] = 0.1,
+    explicit_rate: Annotated[float, typer.Option(help="Thumb/rating per answer.")] = 0.05,
+    max_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seeds users, prompts and behaviour.")] = 0,
+) -> None:
+    """Simulated users chat and give feedback through the public API, with progress."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from livealign.simulate import SimulationConfig, Simulator
+    from livealign.users import PopulationConfig
+
+    shares: dict[str, float] = {}
+    for item in family or ["concise=1"]:
+        name, _, share = item.partition("=")
+        try:
+            shares[name] = float(share or 1)
+        except ValueError:
+            raise typer.BadParameter(f"--family {item}: expected FAMILY=SHARE") from None
+    population = PopulationConfig.model_validate(
+        {"families": shares, "adversarial_share": adversarial, "explicit_rate": explicit_rate}
+    )
+    config = SimulationConfig(
+        url=url, users=users, concurrency=concurrency, max_tokens=max_tokens, seed=seed,
+        population=population,
+    )  # fmt: skip
+    with Progress() as bar:
+        task = bar.add_task("chats", total=chats)
+
+        def progress(stats: Any) -> None:
+            bar.update(task, completed=stats.chats - stats.regenerations + stats.errors)
+
+        result = asyncio.run(Simulator(config).run(chats, progress))
+    typer.echo(json.dumps(result.summary(), indent=2))
 
 
 @app.command()

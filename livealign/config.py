@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     trainer: bool = Field(True, description="Start the trainer actor with the stack.")
     trainer_interval_s: float = Field(600.0, description="A round at least this often.")
     trainer_min_new_records: int = Field(64, description="Or once this many records are new.")
+    trainer_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other TrainerConfig field, nested ones merged: in TOML a table "
+        "[trainer_overrides.train] with max_length = 192, say.",
+    )
     admin_key: SecretStr | None = Field(None, description="Admin API key; none: made once.")
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
@@ -128,7 +133,7 @@ class Settings(BaseSettings):
     def trainer_config(self, model_path: Path, bootstrap: str) -> TrainerConfig:
         from trainer.round import TrainerConfig  # torch/TRL: only when a trainer runs
 
-        return TrainerConfig(
+        config = TrainerConfig(
             base_model=model_path,
             registry_dir=self.registry_dir,
             store_url=self.processor_config(bootstrap).store_url,
@@ -136,6 +141,8 @@ class Settings(BaseSettings):
             interval_s=self.trainer_interval_s,
             min_new_records=self.trainer_min_new_records,
         )
+        merged = _deep_merge(config.model_dump(), self.trainer_overrides)
+        return TrainerConfig.model_validate(merged)  # a misspelled field is an error
 
     def processor_config(self, bootstrap: str) -> ProcessorConfig:
         url = self.store_url or f"sqlite:///{(self.home / 'preferences.sqlite').resolve()}"
@@ -145,3 +152,13 @@ class Settings(BaseSettings):
             grace_s=self.grace_s,
             fusion=FusionConfig(mode=self.fusion_mode),
         )
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

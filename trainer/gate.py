@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM
 
 from streaming.events import ChatMessage, PreferencePair
@@ -40,6 +40,8 @@ CURRENT = "current"
 
 class GateConfig(BaseModel):
     """Thresholds of the offline gate. A candidate passes only if every applicable check does."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
 
     min_pref_accuracy: float = Field(
         0.55,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from monitoring import metrics as m
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class TrainerConfig(BaseModel):
+    """When and how the trainer runs a round. Every field can be set from the stack's
+    settings (``trainer_overrides``)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
+
     base_model: Path = Field(description="HF-format folder of the served base model.")
     registry_dir: Path
     store_url: str = Field(description="SQLAlchemy URL of the preference store.")

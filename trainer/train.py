@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -60,6 +60,8 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training round. Defaults suit SmolLM2-135M on a few CPU cores."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
 
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
