@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: install up test lint bench-serving clean
+.PHONY: install up test lint bench-serving bench-learning clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ test: lint
 
 bench-serving: install
 	$(PY) bench/serving_overhead.py $(ARGS)
+
+bench-learning: install
+	$(PY) bench/learning.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -35,6 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.load import wait_served
 from livealign.config import Settings
 from livealign.prompts import Prompt, load_prompts, split
 from livealign.simulate import SimulationConfig, Simulator, answers, win_rate
@@ -113,14 +114,6 @@ def wait_caught_up(stack: LocalStack, timeout: float = 300.0) -> None:
         ]
         zero_in_a_row = zero_in_a_row + 1 if lags and max(lags) == 0 else 0
         time.sleep(1.0)
-
-
-def wait_served(url: str, version: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/healthz", timeout=10).json()["adapter"] != version:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{version} not served after {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def run_rounds(

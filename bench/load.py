@@ -108,3 +108,12 @@ async def run_load(
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         res.wall_s = time.perf_counter() - start
     return res
+
+
+def wait_served(url: str, version: str, timeout: float = 300.0) -> None:
+    """Until the LiveAlign at `url` serves adapter `version` (its /healthz says so)."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/healthz", timeout=10).json()["adapter"] != version:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{version} not served after {timeout:.0f} s")
+        time.sleep(0.2)

@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.load import PROMPTS, LoadResult, run_load
+from bench.load import PROMPTS, LoadResult, run_load, wait_served
 from livealign.config import Settings
 from livealign.stack import LocalStack
 from streaming import store as s
@@ -67,14 +67,6 @@ def wait_pairs(store: PreferenceStore, n: int, timeout: float = 300) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {store.count(s.pairs)} of {n} pairs reached the store")
         time.sleep(0.2)
-
-
-def wait_adapter(url: str, ref: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/healthz", timeout=10).json()["adapter"] != ref:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{ref} not served")
-        time.sleep(0.05)
 
 
 def swapping(url: str, refs: tuple[str, str], admin: dict[str, str], stop: threading.Event) -> int:
@@ -123,7 +115,7 @@ def main() -> None:
         if report.outcome != "published" or report.version is None:
             print(f"round {report.outcome}: {report.reasons}; metrics {report.metrics}")
             return
-        wait_adapter(stack.url, report.version)
+        wait_served(stack.url, report.version)
         t_swap = time.perf_counter()
         r = httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body("hi", 8), timeout=120)
         assert r.json()["livealign"]["adapter"] == report.version

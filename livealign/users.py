@@ -49,7 +49,7 @@ class PopulationConfig(BaseModel):
     )
     phrase: str = Field("sure", description="What `avoid_phrase` users dislike seeing.")
     concise_words: tuple[int, int] = Field(
-        (20, 80),
+        (10, 40),
         description="`concise` utility is 1 at or under the first word count and 0 at or "
         "over the second, linear between.",
     )

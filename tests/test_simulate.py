@@ -16,15 +16,13 @@ import httpx
 import pytest
 
 from livealign.config import Settings
-from livealign.models import prepare_tiny
 from livealign.prompts import load_prompts, split
 from livealign.simulate import SimulationConfig, Simulator, win_rate
 from livealign.stack import LocalStack
 from livealign.users import PopulationConfig, SimUser, judge, make_users, rewrite, score
-from trainer.gate import GateConfig
+from tests.test_trainer_round import config as tiny_config
 from trainer.registry import Registry
-from trainer.round import Trainer, TrainerConfig
-from trainer.train import TrainConfig
+from trainer.round import Trainer
 
 LONG = " ".join(["This answer keeps going with many more words than anyone needs."] * 8)
 SHORT = "Keep it in a glass of water."
@@ -218,31 +216,20 @@ def test_short_learning_run_completes_a_round_and_reports_a_number(
     )
     _, held_out = split(load_prompts(), config.held_out_fraction)
     base = judged(stack.url, held_out[:6], population, config.max_tokens)
+    # The tiny-model round of the trainer tests, on this stack's store and registry, with
+    # the gate's preference checks opened too: only the plumbing is under test here.
+    tiny = tiny_config(tmp_path)
     trainer = Trainer(
-        TrainerConfig(
-            base_model=prepare_tiny(stack.settings.cache_dir),
-            registry_dir=stack.settings.registry_dir,
-            store_url=stack.settings.processor_config(stack.bootstrap).store_url,
-            work_dir=tmp_path / "work",
-            min_records=4,
-            train=TrainConfig(
-                max_length=96,
-                batch_size=4,
-                max_steps=2,
-                reward_epochs=1.0,
-                bf16=False,
-                num_threads=2,
-            ),
-            # A random model: only the plumbing is under test, so the gate is opened wide.
-            gate=GateConfig(
-                min_pref_accuracy=0.0,
-                min_win_rate=0.0,
-                max_nll_increase=1e9,
-                max_length_ratio=1e9,
-                min_length_ratio=0.0,
-                n_prompts=2,
-                max_new_tokens=4,
-            ),
+        tiny.model_copy(
+            update={
+                "registry_dir": stack.settings.registry_dir,
+                "store_url": stack.settings.processor_config(stack.bootstrap).store_url,
+                "min_records": 4,
+                "train": tiny.train.model_copy(update={"max_steps": 2, "max_length": 96}),
+                "gate": tiny.gate.model_copy(
+                    update={"min_pref_accuracy": 0.0, "min_win_rate": 0.0}
+                ),
+            }
         )
     )
     try:

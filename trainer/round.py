@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from monitoring import metrics as m
 from streaming import store as s
@@ -96,8 +96,13 @@ class Trainer:
         return pairs, labels
 
     def new_records(self) -> int:
-        pairs, labels = self.records(self.window_start())
-        return len(pairs) + len(labels)
+        """Counted in the store (the actor asks every few seconds: nothing is loaded)."""
+        since = self.window_start()
+        with self.store.engine.connect() as conn:
+            return sum(
+                int(conn.scalar(select(func.count()).where(t.c.updated_ms > since)) or 0)
+                for t in (s.pairs, s.labels)
+            )
 
     # --- the round ---------------------------------------------------------------------
     def run_round(self) -> RoundReport:
