@@ -45,6 +45,19 @@ class TrainerConfig(BaseModel):
     min_new_records: int = Field(64, description="Or as soon as this many records are new.")
     min_records: int = Field(8, description="Fewer new records than this: no round.")
     held_out_fraction: float = Field(0.2, description="Share of records kept for the gate.")
+    min_reward_pairs: int = Field(
+        16,
+        ge=2,
+        description="Fewer training pairs than this: no reward model this round (one trained "
+        "on a handful ranks answers at random), so the gate's win-rate check is skipped.",
+    )
+    min_reward_accuracy: float = Field(
+        0.55,
+        ge=0,
+        le=1,
+        description="A reward model below this held-out pair accuracy does not judge the "
+        "candidate (the win-rate check is skipped and the reason recorded).",
+    )
     max_records: int = Field(2000, description="Most recent records used in one round.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
@@ -195,8 +208,11 @@ class Trainer:
         work: Path,
         report: RoundReport,
     ) -> RewardModel | None:
-        if len(train_pairs) < 2:
-            report.reasons.append("too few pairs for a reward model; win rate not judged")
+        if len(train_pairs) < self.config.min_reward_pairs:
+            report.reasons.append(
+                f"{len(train_pairs)} pairs < {self.config.min_reward_pairs}: no reward model, "
+                "win rate not judged"
+            )
             return None
         t = time.perf_counter()
         result = train_reward_model(
@@ -204,8 +220,16 @@ class Trainer:
             held_out=held_pairs or None, progress=_progress("reward"),
         )  # fmt: skip
         report.seconds["reward"] = time.perf_counter() - t
-        if result.held_out_accuracy is not None:
-            report.metrics["reward_accuracy"] = result.held_out_accuracy
+        accuracy = result.held_out_accuracy
+        if accuracy is not None:
+            report.metrics["reward_accuracy"] = accuracy
+        # A reward model that cannot rank held-out pairs would judge the candidate by noise.
+        if accuracy is not None and accuracy < self.config.min_reward_accuracy:
+            report.reasons.append(
+                f"reward model held-out accuracy {accuracy:.3f} < "
+                f"{self.config.min_reward_accuracy}: win rate not judged"
+            )
+            return None
         return RewardModel.load(self.config.base_model, result.model_dir)
 
     def _log(self, report: RoundReport) -> None:
