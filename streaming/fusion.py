@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import math
 import re
 import string
@@ -309,23 +310,29 @@ def signal_from_event(
         check_value(event.kind, event.value)
     except ValueError:
         return None
+    # Members compared by identity, through module constants: an Enum attribute lookup
+    # and == cost more than the rest of this function (it runs for every event).
     kind, value, rater = event.kind, event.value, event.user_hash
-    if kind == FeedbackKind.thumb:
+    if kind is _THUMB:
         return Signal("thumb", float(value), 1.0, rater, True)
-    if kind == FeedbackKind.rating:
+    if kind is _RATING:
         return Signal("rating", (float(value) - 3.0) / 2.0, 1.0, rater, True)
-    if kind == FeedbackKind.edit:
+    if kind is _EDIT:
         return _edit_signal(str(value), interaction, config, rater)
-    if kind == FeedbackKind.comment:
+    if kind is _COMMENT:
         return _comment_signal(str(value), config, rater)
-    if kind == FeedbackKind.click:
+    if kind is _CLICK:
         click_value = config.click_values.get(str(value))
         if click_value is None:
             return None
         return Signal(str(value), _clamp(click_value), 1.0, rater, False)
-    if kind == FeedbackKind.dwell:
+    if kind is _DWELL:
         return Signal("dwell", dwell_value(float(value), config), 1.0, rater, False)
     return None
+
+
+_THUMB, _RATING, _EDIT = FeedbackKind.thumb, FeedbackKind.rating, FeedbackKind.edit
+_COMMENT, _CLICK, _DWELL = FeedbackKind.comment, FeedbackKind.click, FeedbackKind.dwell
 
 
 def edit_change(original: str, edited: str) -> float:
@@ -363,8 +370,11 @@ def dwell_value(ms: float, config: FusionConfig) -> float:
 _vader: Any = None
 
 
+@functools.lru_cache(maxsize=4096)
 def _sentiment(text: str) -> float:
-    """VADER compound polarity; the analyzer loads its lexicon once, on first use."""
+    """VADER compound polarity; the analyzer loads its lexicon once, on first use.
+    Remembered per text: short comments ("thanks", "wrong") recur, and VADER costs more
+    than everything else done with a feedback event."""
     global _vader
     if _vader is None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -672,6 +682,10 @@ class Fuser:
         self._open_domain_matcher = KeywordMatcher(config.open_domain_keywords)
         self._scenario_memo: dict[str, Scenario] = {}
         self._raters: OrderedDict[str, RaterStats] = OrderedDict()
+        # Raters changed (each also moved to the end of _raters) and forgotten since the
+        # last state_changes(): what a store keeping one row per rater must write.
+        self._changed: set[str] = set()
+        self._forgotten: set[str] = set()
         self._calibration: dict[str, _Calibration] = {}
         self._label = _Moments()  # running mean of the explicit label (base rate)
         self._implicit_w: dict[str, float] = {}
@@ -724,13 +738,18 @@ class Fuser:
     # -- rater statistics
 
     def _rater_stats(self, rater: str) -> RaterStats:
+        """The rater's statistics, about to change: marked as such and most recent."""
         stats = self._raters.get(rater)
         if stats is None:
             stats = self._raters[rater] = RaterStats()
+            self._forgotten.discard(rater)
             if len(self._raters) > self.config.max_raters:
-                self._raters.popitem(last=False)
+                oldest, _ = self._raters.popitem(last=False)
+                self._changed.discard(oldest)
+                self._forgotten.add(oldest)
         else:
             self._raters.move_to_end(rater)
+        self._changed.add(rater)
         return stats
 
     def observe(self, signal: Signal) -> Signal:
@@ -919,9 +938,32 @@ class Fuser:
         """JSON-serializable snapshot of all learned state (rater statistics in recency
         order, implicit calibration, label base rate). Rate-limit windows are transient
         and not included."""
+        state = self._state_without_raters()
+        state["raters"] = [[rater, stats.to_json()] for rater, stats in self._raters.items()]
+        return state
+
+    def state_changes(
+        self, everything: bool = False
+    ) -> tuple[dict[str, Any], list[list[Any]], list[str]]:
+        """For a store that keeps one row per rater (with thousands of raters, writing all
+        of them for every batch cost more than the batch): the learned state as
+        ``state_dict`` gives it but without raters (``"raters"`` is empty), the raters
+        changed since the last call (``everything``: all raters), in recency order, oldest
+        first, as ``[rater, stats]`` like ``state_dict``, and the raters forgotten since.
+        After ``load_state_dict`` the first call returns every rater."""
+        # Every changed rater was moved to the end of _raters, and no other rater since the
+        # last call: the changed ones are exactly the last len(_changed).
+        n = len(self._raters) if everything else len(self._changed)
+        changed = [[rater, stats.to_json()] for rater, stats in _last(self._raters, n)]
+        forgotten = sorted(self._forgotten)
+        self._changed.clear()
+        self._forgotten.clear()
+        return self._state_without_raters(), changed, forgotten
+
+    def _state_without_raters(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "raters": [[rater, stats.to_json()] for rater, stats in self._raters.items()],
+            "raters": [],
             "calibration": {
                 name: [c.n, c.x, c.abs_x, c.u, c.u2] for name, c in self._calibration.items()
             },
@@ -936,6 +978,8 @@ class Fuser:
         self._raters = OrderedDict(
             (str(rater), RaterStats.from_json(data, cfg)) for rater, data in state["raters"]
         )
+        self._changed = set(self._raters)  # state_changes() after a load returns them all
+        self._forgotten = set()
         self._implicit_w = {}
         self._calibration = {
             name: _Calibration(int(n), float(x), float(abs_x), float(u), float(u2))
@@ -944,6 +988,13 @@ class Fuser:
         n, mean, var = state["label"]
         self._label = _Moments(int(n), float(mean), float(var))
         self._refresh_implicit_weights()
+
+
+def _last(items: OrderedDict[str, RaterStats], n: int) -> list[tuple[str, RaterStats]]:
+    """The last ``n`` items, in order."""
+    out = list(itertools.islice(reversed(items.items()), n))
+    out.reverse()
+    return out
 
 
 def _implicit_values(signals: list[Signal]) -> dict[str, float]:

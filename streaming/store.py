@@ -10,10 +10,11 @@ and changes nothing, so restarts neither lose nor duplicate records.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -106,6 +108,34 @@ state = Table(
     Column("value", JSON, nullable=False),
 )  # fmt: skip
 
+# The fuser's rater statistics, one row per rater (the rest of its state is the
+# processor_state row "fuser"): a batch rewrites only the raters it changed.
+raters = Table(
+    "rater_state", meta,
+    Column("rater", String(200), primary_key=True),
+    Column("seq", Integer, nullable=False),  # recency: the fuser forgets the oldest first
+    Column("value", JSON, nullable=False),
+)  # fmt: skip
+FUSER = "fuser"
+
+
+# A row for ``write``: one value per column, in the table's column order, JSON columns as
+# JSON text (the processor stores events as received and serializes the rest with
+# pydantic-core: several times faster than the JSON type's json.dumps).
+Row = tuple[Any, ...]
+# Values per IN (...) query: under SQLite's bound-parameter limit.
+CHUNK = 500
+
+
+def _json_columns(table: Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
+
+
+def loads(value: Any) -> Any:
+    """A JSON column's value as read by ``select_in``: text from SQLite's driver, already
+    decoded from SQLAlchemy (other databases)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur = dbapi_conn.cursor()
@@ -118,9 +148,15 @@ class PreferenceStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
+        # SQLite, the default, is written and read through its driver (plain executemany,
+        # tuples, JSON as text): SQLAlchemy's per-row parameter processing cost more than
+        # SQLite itself. Other databases go through SQLAlchemy Core (the same rows).
+        self.direct = self.engine.dialect.name == "sqlite"
+        if self.direct:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         meta.create_all(self.engine)
+        self._sql: dict[tuple[str, ...], str] = {}
+        self._rater_seq: int | None = None  # the next rater_state.seq, once known
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -145,30 +181,164 @@ class PreferenceStore:
         cols = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key}
         conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=cols), rows)
 
-    def set_feedback(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Update status, reason and signal of stored feedback rows, in one executemany."""
+    def write(self, conn: Connection, table: Table, rows: Sequence[Row], replace: bool) -> None:
+        """Insert ``rows`` (see ``Row``) whose primary key is new; with ``replace``, rows
+        whose key exists replace the stored ones (upsert), otherwise they are left as is."""
         if not rows:
             return
+        if not self.direct:
+            json_cols = _json_columns(table)
+            names = [c.name for c in table.columns]
+            dicts = [
+                {n: loads(v) if n in json_cols else v for n, v in zip(names, row, strict=True)}
+                for row in rows
+            ]
+            (self.upsert if replace else self.add_new)(conn, table, dicts)
+            return
+        key = ("write", table.name, str(replace))
+        sql = self._sql.get(key)
+        if sql is None:
+            names = [c.name for c in table.columns]
+            pk = [c.name for c in table.primary_key.columns]
+            sql = (
+                f"INSERT INTO {table.name} ({', '.join(_q(n) for n in names)}) "
+                f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT "
+            )
+            if replace:
+                sets = ", ".join(f"{_q(n)} = excluded.{_q(n)}" for n in names if n not in pk)
+                sql += f"({', '.join(_q(n) for n in pk)}) DO UPDATE SET {sets}"
+            else:
+                sql += "DO NOTHING"
+            self._sql[key] = sql
+        conn.connection.cursor().executemany(sql, rows)
+
+    def set_feedback(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Update status, reason and signal (JSON text) of stored feedback rows, in one
+        executemany."""
+        if not rows:
+            return
+        if not self.direct:
+            self._set_feedback_core(conn, rows)
+            return
+        sql = "UPDATE feedback SET status = ?, status_reason = ?, signal = ? WHERE event_id = ?"
+        params = [(r["status"], r["status_reason"], r["signal"], r["event_id"]) for r in rows]
+        conn.connection.cursor().executemany(sql, params)
+
+    def _set_feedback_core(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         stmt = (
             update(feedback)
             .where(feedback.c.event_id == bindparam("key"))
             .values(status=bindparam("status"), status_reason=bindparam("status_reason"),
                     signal=bindparam("signal"))
         )  # fmt: skip
-        keys = ("status", "status_reason", "signal")
-        conn.execute(stmt, [{"key": r["event_id"], **{k: r[k] for k in keys}} for r in rows])
+        conn.execute(
+            stmt,
+            [
+                {"key": r["event_id"], "status": r["status"], "status_reason": r["status_reason"],
+                 "signal": loads(r["signal"])}
+                for r in rows
+            ],
+        )  # fmt: skip
 
     def save_state(self, conn: Connection, key: str, value: dict[str, Any]) -> None:
-        self.upsert(conn, state, [{"key": key, "value": value}])
+        self.write(conn, state, [(key, to_json(value).decode())], replace=True)
+
+    def save_fuser(
+        self,
+        conn: Connection,
+        base: dict[str, Any],
+        changed: list[list[Any]],
+        forgotten: list[str],
+        everything: bool,
+    ) -> None:
+        """Save ``Fuser.state_changes()``: its raters one row each, the rest under the key
+        "fuser". ``everything``: ``changed`` holds all raters, and no other row stays."""
+        if everything:
+            conn.execute(delete(raters))
+            self._rater_seq = 0
+        else:
+            for i in range(0, len(forgotten), CHUNK):
+                conn.execute(delete(raters).where(raters.c.rater.in_(forgotten[i : i + CHUNK])))
+        if self._rater_seq is None:
+            self._rater_seq = int(conn.scalar(select(func.max(raters.c.seq))) or 0) + 1
+        seq = self._rater_seq
+        rows = [(r, seq + i, to_json(value).decode()) for i, (r, value) in enumerate(changed)]
+        self._rater_seq = seq + len(rows)
+        self.write(conn, raters, rows, replace=True)
+        self.save_state(conn, FUSER, base)
+
+    def load_fuser(self) -> dict[str, Any] | None:
+        """The fuser's state as ``Fuser.state_dict`` gives it (raters in recency order)."""
+        base = self.load_state(FUSER)
+        if base is None:
+            return None
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(raters.c.rater, raters.c.value).order_by(raters.c.seq))
+            # Raters saved before they had rows of their own come first (older).
+            base["raters"] = [*base.get("raters", []), *([r, loads(v)] for r, v in rows)]
+        return base
 
     # --- reads ---------------------------------------------------------------------------
     def existing_ids(self, conn: Connection, table: Table, ids: Iterable[str]) -> set[str]:
-        col = table.primary_key.columns.values()[0]
-        found: set[str] = set()
-        ids = list(ids)
-        for i in range(0, len(ids), 500):  # keep under SQLite's bound-parameter limit
-            found.update(conn.scalars(select(col).where(col.in_(ids[i : i + 500]))))
-        return found
+        col = table.primary_key.columns.values()[0].name
+        return {row[0] for row in self.select_in(conn, table, (col,), col, ids)}
+
+    def select_in(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        column: str,
+        values: Iterable[str],
+    ) -> list[Row]:
+        """``columns`` of the rows whose ``column`` is in ``values``, as tuples (JSON
+        columns: pass them through ``loads``)."""
+        values = list(values)
+        out: list[Row] = []
+        if not self.direct:
+            cols = [table.c[c] for c in columns]
+            for i in range(0, len(values), CHUNK):
+                stmt = select(*cols).where(table.c[column].in_(values[i : i + CHUNK]))
+                out.extend(tuple(r) for r in conn.execute(stmt))
+            return out
+        head = f"SELECT {', '.join(_q(c) for c in columns)} FROM {table.name} WHERE {_q(column)} IN"
+        cursor = conn.connection.cursor()
+        for i in range(0, len(values), CHUNK):
+            chunk = values[i : i + CHUNK]
+            cursor.execute(f"{head} ({', '.join('?' * len(chunk))})", chunk)
+            out.extend(cursor.fetchall())
+        return out
+
+    def labels_of_conversations(self, conn: Connection, conversations: Iterable[str]) -> list[Row]:
+        """(conversation_id, prompt_hash, response_id, score, confidence, completion) of
+        every label of these conversations' responses: the candidates for sibling pairs."""
+        convs = list(conversations)
+        cols = (
+            interactions.c.conversation_id, interactions.c.prompt_hash, labels.c.response_id,
+            labels.c.score, labels.c.confidence, labels.c.completion,
+        )  # fmt: skip
+        out: list[Row] = []
+        if self.direct:
+            names = ", ".join(f"{c.table.name}.{_q(c.name)}" for c in cols)
+            head = (
+                f"SELECT {names} FROM labels JOIN interactions "
+                "ON interactions.response_id = labels.response_id "
+                "WHERE interactions.conversation_id IN"
+            )
+            cursor = conn.connection.cursor()
+            for i in range(0, len(convs), CHUNK):
+                chunk = convs[i : i + CHUNK]
+                cursor.execute(f"{head} ({', '.join('?' * len(chunk))})", chunk)
+                out.extend(cursor.fetchall())
+            return out
+        for i in range(0, len(convs), CHUNK):
+            stmt = (
+                select(*cols)
+                .join(interactions, interactions.c.response_id == labels.c.response_id)
+                .where(interactions.c.conversation_id.in_(convs[i : i + CHUNK]))
+            )
+            out.extend(tuple(r) for r in conn.execute(stmt))
+        return out
 
     def rows(
         self,
@@ -202,3 +372,7 @@ class PreferenceStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'  # some column names ("key") are SQL keywords

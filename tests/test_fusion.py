@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -387,6 +388,43 @@ def test_state_dict_round_trip() -> None:
     assert restored.observe(new) == fuser.observe(new)
     with pytest.raises(ValueError, match="version"):
         restored.load_state_dict({**state, "version": 99})
+
+
+def test_state_changes_rebuild_the_state_dict() -> None:
+    """A store that applies every state_changes() to one row per rater (changed ones
+    rewritten last, forgotten ones deleted) holds exactly state_dict(), in its order."""
+    cfg = FusionConfig(max_raters=15)
+    fuser = Fuser(cfg)
+    rows: dict[str, tuple[int, dict[str, Any]]] = {}
+    seq = 0
+
+    def save(everything: bool = False) -> dict[str, Any]:
+        nonlocal seq
+        base, changed, forgotten = fuser.state_changes(everything)
+        assert base["raters"] == []
+        if everything:
+            rows.clear()
+        for rater in forgotten:
+            rows.pop(rater, None)  # perhaps never saved
+        for rater, value in changed:
+            rows[rater] = (seq, value)
+            seq += 1
+        ordered = sorted(rows.items(), key=lambda item: item[1][0])
+        return {**base, "raters": [[rater, value] for rater, (_, value) in ordered]}
+
+    rng = random.Random(11)
+    for step in range(60):
+        for _ in range(rng.randrange(0, 12)):
+            rater = f"r{rng.randrange(30)}"
+            fuser.observe(Signal("rating", rng.choice([-1.0, 0.0, 1.0]), 1.0, rater, True))
+        if step % 4 == 0:
+            fuser.calibrate([thumb(1.0, f"r{rng.randrange(30)}"), thumb(-1.0, "r1"), click("copy")])
+        assert save(everything=step % 25 == 24) == fuser.state_dict()
+    restored = Fuser(cfg)
+    restored.load_state_dict(json.loads(json.dumps(fuser.state_dict())))
+    _, changed, forgotten = restored.state_changes()
+    assert changed == fuser.state_dict()["raters"] and forgotten == []
+    assert restored.state_changes()[1:] == ([], [])
 
 
 def test_config_validation() -> None:
