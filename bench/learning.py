@@ -49,15 +49,16 @@ log = logging.getLogger("learning")
 
 # Rounds sized for two CPU cores: short answers fit in 128 tokens, one reward-model epoch,
 # torch may use both cores while the simulator waits, and a smaller gate. A round here
-# sees a dozen or two records, so it makes four passes over them at higher learning rates
-# than the defaults (made for rounds of hundreds); the gate's fluency guard stays on.
+# sees a dozen or two records, so it makes three passes over them at higher learning rates
+# than the defaults (made for rounds of hundreds). At 1e-3 KTO made SmolLM2 repeat itself
+# within two rounds; the gate's fluency guard (anchored to the base model) stays on.
 TRAINER_OVERRIDES: dict[str, Any] = {
     "min_records": 4,
     "train": {
         "max_length": 128,
-        "epochs": 4.0,
+        "epochs": 3.0,
         "dpo_lr": 5e-4,
-        "kto_lr": 1e-3,
+        "kto_lr": 5e-4,
         "reward_epochs": 1.0,
         "num_threads": 2,
     },
@@ -97,9 +98,8 @@ def judged(
     if len(adapters) != 1:
         raise RuntimeError(f"answers came from several versions: {adapters}")
     texts = [t for t, _ in got]
-    return Judged(
-        [judge(t, population) for t in texts], [n_words(t) for t in texts], adapters.pop()
-    )
+    scores = [judge(t, population, p.text) for t, p in zip(texts, prompts, strict=True)]
+    return Judged(scores, [n_words(t) for t in texts], adapters.pop())
 
 
 def wait_caught_up(stack: LocalStack, timeout: float = 300.0) -> None:

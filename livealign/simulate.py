@@ -125,10 +125,11 @@ class Simulator:
             answer, info = await self._chat(http, user, prompt.text, conversation)
             stats.chats += 1
             stats.regenerations += attempt
+            population = self.config.population
             stats.utility[info["adapter"] or "base"].append(
-                user.utility(answer, self.config.population)
+                user.utility(answer, population, prompt.text)
             )
-            actions = user.react(answer, self.config.population, rng, can_regenerate=attempt == 0)
+            actions = user.react(answer, population, rng, attempt == 0, prompt.text)
             await self._feedback(http, info, actions, stats)
             if Action("click", "regenerate") not in actions:
                 return

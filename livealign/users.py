@@ -12,6 +12,7 @@ implicit feedback is dense and noisy. A configurable share of users is adversari
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
@@ -84,8 +85,13 @@ def n_words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def score(family: Family, text: str, config: PopulationConfig) -> float:
-    """The hidden utility of `text` for a user of `family`, in [0, 1]."""
+def score(family: Family, text: str, config: PopulationConfig, prompt: str = "") -> float:
+    """The hidden utility of `text` for a user of `family`, in [0, 1]: how well it suits
+    the user's taste, times whether it is an answer at all (`quality`)."""
+    return _taste(family, text, config) * quality(text, prompt)
+
+
+def _taste(family: Family, text: str, config: PopulationConfig) -> float:
     if family == "concise":
         low, high = config.concise_words
         return _clamp((high - n_words(text)) / max(high - low, 1))
@@ -97,9 +103,42 @@ def score(family: Family, text: str, config: PopulationConfig) -> float:
     return 0.0 if _contains(text, config.phrase) else 1.0
 
 
-def judge(text: str, config: PopulationConfig) -> float:
+def quality(text: str, prompt: str = "") -> float:
+    """Every user wants an answer: one that repeats itself ("1. 1. 1. 1.") is worth
+    little, and one that never mentions what was asked about is worth less. Without this
+    a taste such as `concise` would reward any short noise, and so would the benchmark."""
+    words = [w.strip(".,!?;:\"'()").lower() for w in text.split()]
+    words = [w for w in words if w]
+    if not words:
+        return 0.0
+    bigrams = list(itertools.pairwise(words))
+    distinct = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+    coherent = _clamp((distinct - 0.5) / 0.4)  # >= 90% distinct bigrams: 1; <= 50%: 0
+    topics = {w[:5] for w in re.findall(r"[a-z]{4,}", prompt.lower()) if w not in _COMMON}
+    on_topic = not topics or any(w[:5] in topics for w in words)
+    return coherent * (1.0 if on_topic else 0.4)
+
+
+# Words of a prompt that say nothing about its topic (for `quality`'s on-topic test).
+_COMMON = frozenset(
+    re.findall(
+        r"\w+",
+        """what which when where while whom whose that this these those there their them they
+        then than with from into onto over under about above after before some more most much
+        many very just only also does doing done have having make makes made give gives tell
+        explain describe define write list name suggest show help need want like would could
+        should shall will your yours mine ours each every other another same such good best
+        better ways tips idea ideas thing things simple short quick plain words sentence
+        sentences difference between someone something anyone anything here know think feel
+        really please thanks favourite favorite""",
+    )
+)
+
+
+def judge(text: str, config: PopulationConfig, prompt: str = "") -> float:
     """The population's mean utility: the benchmark's judge of an answer."""
-    return sum(share * score(f, text, config) for f, share in config.shares().items())
+    taste = sum(share * _taste(f, text, config) for f, share in config.shares().items())
+    return taste * quality(text, prompt)
 
 
 def rewrite(family: Family, text: str, config: PopulationConfig) -> str:
@@ -146,16 +185,21 @@ class SimUser:
     family: Family
     adversary: Adversary | None = None
 
-    def utility(self, text: str, config: PopulationConfig) -> float:
-        return score(self.family, text, config)
+    def utility(self, text: str, config: PopulationConfig, prompt: str = "") -> float:
+        return score(self.family, text, config, prompt)
 
     def react(
-        self, text: str, config: PopulationConfig, rng: random.Random, can_regenerate: bool = True
+        self,
+        text: str,
+        config: PopulationConfig,
+        rng: random.Random,
+        can_regenerate: bool = True,
+        prompt: str = "",
     ) -> list[Action]:
-        """The feedback this user gives on one answer (possibly none)."""
+        """The feedback this user gives on one answer to `prompt` (possibly none)."""
         if self.adversary is not None:
-            return self._vote_badly(text, config, rng)
-        pleased = _clamp(self.utility(text, config) + rng.gauss(0.0, config.noise))
+            return self._vote_badly(text, config, rng, prompt)
+        pleased = _clamp(self.utility(text, config, prompt) + rng.gauss(0.0, config.noise))
         actions: list[Action] = []
         if rng.random() < config.explicit_rate:
             actions.append(_vote(pleased, config, rng))
@@ -174,14 +218,18 @@ class SimUser:
             actions.append(Action("click", "regenerate"))
         return actions
 
-    def _vote_badly(self, text: str, config: PopulationConfig, rng: random.Random) -> list[Action]:
+    def _vote_badly(
+        self, text: str, config: PopulationConfig, rng: random.Random, prompt: str
+    ) -> list[Action]:
         """Vote rigging: many votes, no reading (so no implicit signals)."""
         if rng.random() >= config.adversarial_vote_rate:
             return []
         if self.adversary == "random":
             pleased = rng.random()
         else:
-            pleased = 1.0 - _clamp(self.utility(text, config) + rng.gauss(0.0, config.noise))
+            pleased = 1.0 - _clamp(
+                self.utility(text, config, prompt) + rng.gauss(0.0, config.noise)
+            )
         return [_vote(pleased, config, rng)]
 
 

@@ -26,6 +26,11 @@ from trainer.round import Trainer
 
 LONG = " ".join(["This answer keeps going with many more words than anyone needs."] * 8)
 SHORT = "Keep it in a glass of water."
+PASTA = (
+    "Sure, first boil a large pot of salted water. Then add the pasta and stir it. Cook it "
+    "for about ten minutes, tasting now and then. Drain it, keep a cup of the water, and "
+    "toss the pasta with your sauce. Serve it hot with cheese."
+)
 LISTED = "Try these:\n- water it\n- give it light\n- trim the tips"
 
 
@@ -49,8 +54,17 @@ def test_families_score_what_they_say_and_edits_move_toward_them() -> None:
     assert score("avoid_phrase", "Measure twice.", config) == 1.0  # a word, not a substring
     assert score("warm", "Happy to help! Enjoy.", config) > score("warm", SHORT, config)
     for family in ("concise", "list", "warm", "avoid_phrase"):
-        text = "Sure, first boil the water. Then add the pasta. " * 6
+        text = PASTA
         assert score(family, rewrite(family, text, config), config) > score(family, text, config)
+
+
+def test_noise_and_off_topic_answers_are_worth_little() -> None:
+    config = PopulationConfig()
+    prompt = "How do I keep basil fresh?"
+    assert score("concise", "Keep basil in a glass of water.", config, prompt) == 1.0
+    assert score("concise", "1. 1. 1. 1. 1. 1.", config, prompt) == 0.0  # repeats itself
+    assert score("concise", "I am a happy robot today.", config, prompt) == pytest.approx(0.4)
+    assert judge("1. 1. 1. 1. 1. 1.", config, prompt) == 0.0
 
 
 def test_judge_mixes_families_by_share() -> None:

@@ -174,6 +174,10 @@ def test_gate_rejects_inverted_candidate(
     assert good.passed, good.reasons
     assert good.metrics["pref_accuracy"] >= gate.min_pref_accuracy
     assert [s.split(":")[0] for s in good.skipped] == ["win rate", "fluency", "length"]
+    # With a current adapter, fluency is measured against the base model's own answers.
+    anchored = evaluate(base, yes_adapter, no_adapter, [], prompts[:2], None, gate)
+    m = anchored.metrics
+    assert m["nll_increase"] == pytest.approx(m["nll_candidate"] - m["nll_base"])
 
 
 def test_reward_model_prefers_chosen(base: Path, reward_dir: tuple[Path, float | None]) -> None:
