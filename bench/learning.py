@@ -104,14 +104,19 @@ def judged(
 
 def wait_caught_up(stack: LocalStack, timeout: float = 300.0) -> None:
     """Until the processor's lag is 0 on every partition, twice in a row, 1 s apart."""
-    url = f"http://127.0.0.1:{stack.processor_metrics_port}/metrics"
     deadline, zero_in_a_row = time.monotonic() + timeout, 0
     while zero_in_a_row < 2:
+        stack.supervise()  # a dead processor is restarted (on a new metrics port)
+        url = f"http://127.0.0.1:{stack.processor_metrics_port}/metrics"
         if time.monotonic() > deadline:
             raise TimeoutError("the processor did not catch up")
+        try:
+            text = httpx.get(url, timeout=10).text
+        except httpx.HTTPError:  # (re)starting: its metrics port is not up yet
+            text = ""
         lags = [
             float(line.rsplit(" ", 1)[1])
-            for line in httpx.get(url, timeout=10).text.splitlines()
+            for line in text.splitlines()
             if line.startswith("livealign_processor_lag{")
         ]
         zero_in_a_row = zero_in_a_row + 1 if lags and max(lags) == 0 else 0
