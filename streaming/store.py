@@ -131,6 +131,17 @@ def _json_columns(table: Table) -> frozenset[str]:
     return frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
 
 
+def _select_in_chunks(conn: Connection, head: str, values: list[Any]) -> list[Row]:
+    """Rows of ``{head} (?, ?, ...)`` through the driver, one query per CHUNK of values."""
+    cursor = conn.connection.cursor()
+    out: list[Row] = []
+    for i in range(0, len(values), CHUNK):
+        chunk = values[i : i + CHUNK]
+        cursor.execute(f"{head} ({', '.join('?' * len(chunk))})", chunk)
+        out.extend(cursor.fetchall())
+    return out
+
+
 def loads(value: Any) -> Any:
     """A JSON column's value as read by ``select_in``: text from SQLite's driver, already
     decoded from SQLAlchemy (other databases)."""
@@ -302,12 +313,7 @@ class PreferenceStore:
                 out.extend(tuple(r) for r in conn.execute(stmt))
             return out
         head = f"SELECT {', '.join(_q(c) for c in columns)} FROM {table.name} WHERE {_q(column)} IN"
-        cursor = conn.connection.cursor()
-        for i in range(0, len(values), CHUNK):
-            chunk = values[i : i + CHUNK]
-            cursor.execute(f"{head} ({', '.join('?' * len(chunk))})", chunk)
-            out.extend(cursor.fetchall())
-        return out
+        return _select_in_chunks(conn, head, values)
 
     def labels_of_conversations(self, conn: Connection, conversations: Iterable[str]) -> list[Row]:
         """(conversation_id, prompt_hash, response_id, score, confidence, completion) of
@@ -325,12 +331,7 @@ class PreferenceStore:
                 "ON interactions.response_id = labels.response_id "
                 "WHERE interactions.conversation_id IN"
             )
-            cursor = conn.connection.cursor()
-            for i in range(0, len(convs), CHUNK):
-                chunk = convs[i : i + CHUNK]
-                cursor.execute(f"{head} ({', '.join('?' * len(chunk))})", chunk)
-                out.extend(cursor.fetchall())
-            return out
+            return _select_in_chunks(conn, head, convs)
         for i in range(0, len(convs), CHUNK):
             stmt = (
                 select(*cols)
