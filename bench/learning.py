@@ -13,7 +13,7 @@ where its greedy answer beats the base model's (ties count half). Every mode get
 users, the same prompts and the same feedback budget (chats per round), so the x axis,
 feedback events consumed, is comparable. Writes a table (Markdown + JSON) and a PNG plot.
 
-    python bench/learning.py [--modes fused,explicit,implicit] [--rounds 3] [--chats 64]
+    python bench/learning.py [--modes fused,explicit,implicit] [--rounds 2] [--chats 64]
 """
 
 from __future__ import annotations
@@ -200,7 +200,9 @@ def run_mode(args: argparse.Namespace, mode: str, held_out: list[Prompt],
 def write_results(points: list[Point], out: Path, args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(
-        json.dumps({"args": vars(args), "points": [asdict(p) for p in points]}, indent=2)
+        json.dumps(
+            {"args": vars(args), "points": [asdict(p) for p in points]}, indent=2, default=str
+        )
     )
     lines = [
         "| mode | round | version | outcome | feedback consumed | pairs | labels "
@@ -282,7 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="fused,explicit,implicit")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--chats", type=int, default=64, help="Chats per round (the budget).")
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=4)
