@@ -4,6 +4,7 @@ rater) must never change what it writes. Batches go straight to ``Processor.proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -22,7 +23,7 @@ from streaming.events import (
     InteractionEvent,
 )
 from streaming.fusion import FusionConfig
-from streaming.processor import Processor, ProcessorConfig, Record, _prompt_hash, prompt_hash
+from streaming.processor import Processor, ProcessorConfig, Record, prompt_hash
 from streaming.store import PreferenceStore
 
 
@@ -245,7 +246,8 @@ def test_prompt_hash_unchanged() -> None:
         [],
     ]
     for messages in cases:
-        assert _prompt_hash(messages) == prompt_hash([m.model_dump() for m in messages])
+        stored_form = json.dumps([m.model_dump() for m in messages], sort_keys=True)
+        assert prompt_hash(messages) == hashlib.sha256(stored_form.encode()).hexdigest()[:32]
 
 
 def test_events_are_stored_as_received(tmp_path: Path) -> None:
