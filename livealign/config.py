@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     default_max_tokens: int = 256
     store_url: str | None = Field(None, description="Preference store; none: SQLite in home.")
     fusion_mode: Literal["explicit", "implicit", "fused"] = "fused"
+    fusion_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other FusionConfig field: in TOML a table [fusion_overrides] with "
+        "min_confidence = 0.2, say (the environment: LIVEALIGN_FUSION_OVERRIDES as JSON).",
+    )
     grace_s: float = Field(300.0, description="How long feedback waits for its interaction.")
     processor: bool = Field(True, description="Start the stream processor with the stack.")
     trainer: bool = Field(True, description="Start the trainer actor with the stack.")
@@ -150,7 +155,7 @@ class Settings(BaseSettings):
             bootstrap_servers=bootstrap,
             store_url=url,
             grace_s=self.grace_s,
-            fusion=FusionConfig(mode=self.fusion_mode),
+            fusion=FusionConfig.model_validate({**self.fusion_overrides, "mode": self.fusion_mode}),
         )
 
 

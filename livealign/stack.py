@@ -7,6 +7,7 @@ The test suite uses the same class, so what the tests run is what ``livealign up
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -127,8 +128,10 @@ class LocalStack:
             "--metrics-port", str(self.processor_metrics_port),
             "--home", str(s.home),
         ]  # fmt: skip
+        # The child reads its other settings as any deployment would: from the environment.
+        env = {**os.environ, "LIVEALIGN_FUSION_OVERRIDES": json.dumps(s.fusion_overrides)}
         out = open(s.home / "processor.log", "ab")  # noqa: SIM115 (the child keeps it)
-        self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
 
     def supervise(self) -> None:
