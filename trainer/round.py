@@ -108,22 +108,6 @@ class Trainer:
         labels = [PreferenceLabel.model_validate(_row(r, "updated_ms")) for r in label_rows]
         return pairs, labels
 
-    def cut_off(self, pairs: list[PreferencePair], labels: list[PreferenceLabel]) -> frozenset[str]:
-        """The records' response ids whose answers stopped at max_tokens, not by choice."""
-        ids = sorted(
-            {x.response_id for x in labels}
-            | {p.rejected_response_id for p in pairs}
-            | {p.chosen_response_id for p in pairs if p.chosen_response_id}
-        )
-        column = s.interactions.c.response_id
-        stopped = s.interactions.c.event["finish_reason"].as_string()
-        cut: set[str] = set()
-        with self.store.engine.connect() as conn:
-            for i in range(0, len(ids), 500):  # bounded IN lists
-                query = select(column).where(column.in_(ids[i : i + 500]), stopped == "length")
-                cut.update(conn.scalars(query))
-        return frozenset(cut)
-
     def new_records(self) -> int:
         """Counted in the store (the actor asks every few seconds: nothing is loaded)."""
         since = self.window_start()
@@ -176,7 +160,6 @@ class Trainer:
             policy = train_policy(
                 cfg.base_model, parent_dir, train_pairs, train_labels, work / "candidate",
                 cfg.train, progress=_progress("policy"),
-                cut=self.cut_off(train_pairs, train_labels),
             )  # fmt: skip
             report.seconds["policy"] = time.perf_counter() - t
             for key, value in (("dpo_loss", policy.dpo_loss), ("kto_loss", policy.kto_loss)):
