@@ -176,7 +176,7 @@ def run_mode(args: argparse.Namespace, mode: str, held_out: list[Prompt],
         trainer=True, trainer_interval_s=1e9, trainer_min_new_records=10**9,
         trainer_overrides=TRAINER_OVERRIDES,
     )  # fmt: skip
-    population = PopulationConfig(families=dict(args.family))
+    population = PopulationConfig(families=dict(args.family), concise_words=args.concise_words)
     with LocalStack(settings) as stack:
         if base is None:  # greedy answers of the base model: the same for every mode
             base = judged(stack.url, held_out, population, args.max_tokens)
@@ -197,12 +197,11 @@ def run_mode(args: argparse.Namespace, mode: str, held_out: list[Prompt],
     return points, base
 
 
-def write_results(points: list[Point], out: Path, args: argparse.Namespace) -> None:
+def write_results(points: list[Point], out: Path, runs: dict[str, Any]) -> None:
+    """`runs`: the arguments each mode ran with."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(
-        json.dumps(
-            {"args": vars(args), "points": [asdict(p) for p in points]}, indent=2, default=str
-        )
+        json.dumps({"runs": runs, "points": [asdict(p) for p in points]}, indent=2, default=str)
     )
     lines = [
         "| mode | round | version | outcome | feedback consumed | pairs | labels "
@@ -285,30 +284,54 @@ def main() -> None:
     parser.add_argument("--modes", default="fused,explicit,implicit")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--chats", type=int, default=64, help="Chats per round (the budget).")
+    parser.add_argument("--chats", type=int, default=160, help="Chats per round (the budget).")
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--eval-prompts", type=int, default=24)
+    parser.add_argument("--eval-prompts", type=int, default=32, help="Held-out prompts judged.")
+    parser.add_argument(
+        "--concise-words",
+        type=lambda text: tuple(int(x) for x in text.split(",")),
+        default=(10, 40),
+        help="LOW,HIGH: a concise user is fully pleased at <= LOW words, not at all at >= HIGH.",
+    )
     parser.add_argument(
         "--family", type=_family, action="append", help="FAMILY=SHARE; default concise=1"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="Keep the other modes' results already in OUT (to run the modes one at a time).",
+    )
     args = parser.parse_args()
     args.family = args.family or [("concise", 1.0)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     _, held_out = split(load_prompts(), SimulationConfig().held_out_fraction)
     held_out = held_out[: args.eval_prompts]
-    points: list[Point] = []
+    modes = args.modes.split(",")
+    points, runs = kept_results(args.out, modes) if args.append else ([], {})
     base: Judged | None = None
     started = time.monotonic()
-    for mode in args.modes.split(","):
+    for mode in modes:
         mine, base = run_mode(args, mode, held_out, base)
         points += mine
-        write_results(points, args.out, args)  # after each mode: a crash keeps what ran
-    print(f"\n{len(args.modes.split(','))} modes in {(time.monotonic() - started) / 60:.1f} min")
+        runs[mode] = vars(args)
+        write_results(points, args.out, runs)  # after each mode: a crash keeps what ran
+    print(f"\n{len(modes)} modes in {(time.monotonic() - started) / 60:.1f} min")
+
+
+def kept_results(out: Path, modes: list[str]) -> tuple[list[Point], dict[str, Any]]:
+    """The results already in `out` of the modes not about to run (for --append)."""
+    path = out / "learning.json"
+    if not path.is_file():
+        return [], {}
+    saved = json.loads(path.read_text())
+    points = [Point(**p) for p in saved["points"] if p["mode"] not in modes]
+    runs = saved.get("runs") or {p.mode: saved.get("args") for p in points}
+    return points, {mode: runs.get(mode) for mode in dict.fromkeys(p.mode for p in points)}
 
 
 if __name__ == "__main__":
