@@ -106,18 +106,14 @@ def pair_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Batch:
-    """What one poll brought in, parsed, with each event's JSON text as received: it was
+    """What one poll brought in, parsed: each event with its JSON text as received. It was
     validated, so the store keeps it as is (serializing the event again cost more than
     the rest of storing it)."""
 
-    interactions: list[InteractionEvent] = dataclasses.field(default_factory=list)
-    feedback: list[FeedbackEvent] = dataclasses.field(default_factory=list)
-    received: dict[int, str] = dataclasses.field(default_factory=dict)  # id(event) -> JSON
-
-    def json(self, event: BaseModel) -> str:
-        return self.received[id(event)]
+    interactions: list[tuple[InteractionEvent, str]]
+    feedback: list[tuple[FeedbackEvent, str]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -164,8 +160,9 @@ class Lru(OrderedDict[K, V]):
         return value
 
     def put(self, key: K, value: V) -> None:
-        self[key] = value
-        self.move_to_end(key)
+        if key in self:
+            self.move_to_end(key)
+        self[key] = value  # a new key goes to the end by itself
         if len(self) > self.size:
             self.popitem(last=False)
 
@@ -285,71 +282,75 @@ class Processor:
         return out
 
     def parse(self, records: list[Any]) -> Batch:
-        batch = Batch()
-        invalid = 0
+        interactions: list[tuple[InteractionEvent, str]] = []
+        feedback: list[tuple[FeedbackEvent, str]] = []
+        invalid = n_interactions = 0
         for r in records:
+            value = r.value
             try:
                 if r.topic == TOPIC_INTERACTIONS:
-                    interaction = InteractionEvent.model_validate_json(r.value)
-                    batch.interactions.append(interaction)
-                    batch.received[id(interaction)] = r.value.decode()
+                    n_interactions += 1
+                    interactions.append((_parse_interaction(value), value.decode()))
                 else:
-                    feedback = FeedbackEvent.model_validate_json(r.value)
-                    batch.feedback.append(feedback)
-                    batch.received[id(feedback)] = r.value.decode()
+                    feedback.append((_parse_feedback(value), value.decode()))
             except ValidationError:
                 invalid += 1
         # Counted per batch, not per record: a labelled counter costs a lookup each time.
-        for topic, n in Counter(r.topic for r in records).items():
-            m.PROC_CONSUMED.labels(topic).inc(n)
+        # (Only the two subscribed topics come in.)
+        m.PROC_CONSUMED.labels(TOPIC_INTERACTIONS).inc(n_interactions)
+        m.PROC_CONSUMED.labels(TOPIC_FEEDBACK).inc(len(records) - n_interactions)
         _count(m.PROC_DROPS, "invalid", invalid)
-        return batch
+        return Batch(interactions, feedback)
 
     def store_interactions(self, tx: Connection, batch: Batch) -> None:
-        latest = {e.response_id: e for e in batch.interactions}
+        latest = {e.response_id: (e, text) for e, text in batch.interactions}
         stored = self.store.existing_ids(tx, s.interactions, latest)
         rows: list[s.Row] = []
-        for rid, e in latest.items():
+        remember, no_signals = self._interactions.put, self._joined.put
+        for rid, (e, text) in latest.items():
             if rid in stored:
                 continue  # a replay or a duplicate: the stored one stays
             digest = prompt_hash(e.messages)
             rows.append(
                 (rid, e.conversation_id, digest, e.user_hash, e.adapter, e.arm, e.created_ms,
-                 batch.json(e), False)
+                 text, False)
             )  # fmt: skip
-            self._interactions.put(rid, Known(e, digest))
-            self._joined.put(rid, [])  # nothing joins a response before it is stored
+            remember(rid, Known(e, digest))
+            no_signals(rid, [])  # nothing joins a response before it is stored
         self.store.write(tx, s.interactions, rows, replace=False)
 
-    def clean(self, tx: Connection, batch: Batch) -> list[FeedbackEvent]:
+    def clean(self, tx: Connection, batch: Batch) -> list[tuple[FeedbackEvent, str]]:
         """Drop duplicates (also across restarts: the store remembers every event id) and
         rate-limited raters. Dropped events are stored too, so a replay drops them again."""
         events = batch.feedback
-        seen = self.store.existing_ids(tx, s.feedback, {e.event_id for e in events})
-        fresh: list[FeedbackEvent] = []
+        seen = self.store.existing_ids(tx, s.feedback, {e.event_id for e, _ in events})
+        fresh: list[tuple[FeedbackEvent, str]] = []
         dropped: list[s.Row] = []
         duplicates = 0
-        for e in events:
+        allow = self.fuser.allow
+        for e, text in events:
             if e.event_id in seen:
                 duplicates += 1
                 continue
             seen.add(e.event_id)
-            if self.fuser.allow(e.user_hash, e.client_ts or e.received_ms):
-                fresh.append(e)
+            if allow(e.user_hash, e.client_ts or e.received_ms):
+                fresh.append((e, text))
             else:
-                dropped.append(_feedback_row(e, batch.json(e), "dropped", "rate_limited", None))
+                dropped.append(_feedback_row(e, text, "dropped", "rate_limited", None))
         _count(m.PROC_DROPS, "duplicate", duplicates)
         _count(m.PROC_DROPS, "rate_limited", len(dropped))
         self.store.write(tx, s.feedback, dropped, replace=False)
         return fresh
 
-    def join(self, tx: Connection, fresh: list[FeedbackEvent], batch: Batch) -> set[str]:
+    def join(
+        self, tx: Connection, fresh: list[tuple[FeedbackEvent, str]], batch: Batch
+    ) -> set[str]:
         """Attach feedback to interactions; returns the responses with new signals.
         Fresh feedback is stored with its outcome (joined, or pending: held for its
         interaction); held feedback whose interaction just arrived is updated."""
-        arrived = {e.response_id: e for e in batch.interactions}
+        arrived = {e.response_id: e for e, _ in batch.interactions}
         held = self._held(tx, arrived)
-        missing = {e.response_id for e in fresh} - arrived.keys()
+        missing = {e.response_id for e, _ in fresh} - arrived.keys()
         found: dict[str, InteractionEvent] = {
             **{rid: known.event for rid, known in self._stored_interactions(tx, missing).items()},
             **arrived,
@@ -358,33 +359,33 @@ class Processor:
         updates: list[dict[str, Any]] = []
         touched: set[str] = set()
         joins = uninterpretable = 0
-        for e, is_held in [*((e, True) for e in held), *((e, False) for e in fresh)]:
+        fusion, observe, hold = self.config.fusion, self.fuser.observe, self._pending.put
+        # Held events (text None: stored already, so updated) first, then fresh ones.
+        for e, text in [*((e, None) for e in held), *fresh]:
             interaction = found.get(e.response_id)
             signal = None
-            if interaction is not None:
-                signal = signal_from_event(e, interaction, self.config.fusion)
             if interaction is None:
                 status, reason = "pending", None  # held until it joins or the grace ends
-                self._pending.put(e.event_id, e)
-            elif signal is None:
+                hold(e.event_id, e)
+            elif (signal := signal_from_event(e, interaction, fusion)) is None:
                 uninterpretable += 1
                 status, reason = "dropped", "uninterpretable"
             else:
-                signal = self.fuser.observe(signal)
+                signal = observe(signal)
                 joins += 1
                 status, reason = "joined", None
                 touched.add(e.response_id)
                 joined = self._joined.use(e.response_id)
                 if joined is not None:  # else not remembered: emit reads it from the store
                     joined.append(Joined(e.event_id, signal, _edited(e)))
-            signal_json = _signal_json(signal) if status == "joined" else None
-            if is_held:
+            signal_json = None if signal is None else _signal_json(signal)
+            if text is None:
                 updates.append(
                     {"event_id": e.event_id, "status": status, "status_reason": reason,
                      "signal": signal_json}
                 )  # fmt: skip
             else:
-                inserts.append(_feedback_row(e, batch.json(e), status, reason, signal_json))
+                inserts.append(_feedback_row(e, text, status, reason, signal_json))
         _count(m.PROC_DROPS, "uninterpretable", uninterpretable)
         if joins:
             m.PROC_JOINS.inc(joins)
@@ -646,6 +647,10 @@ def _signal_json(signal: Signal | None) -> str | None:
 def _edited(e: FeedbackEvent) -> str | None:
     """An edit's text (the user's better answer); None for other kinds."""
     return e.value if e.kind is _EDIT and isinstance(e.value, str) else None
+
+
+_parse_interaction = InteractionEvent.model_validate_json
+_parse_feedback = FeedbackEvent.model_validate_json
 
 
 def _feedback_event(stored: Any) -> FeedbackEvent:
