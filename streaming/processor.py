@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, TypeVar
@@ -48,11 +48,14 @@ from streaming.events import (
     TOPIC_INTERACTIONS,
     TOPIC_PREFERENCES,
     ChatMessage,
-    FeedbackEvent,
     FeedbackKind,
-    InteractionEvent,
     PreferenceLabel,
     PreferencePair,
+    WireFeedback,
+    WireInteraction,
+    WireMessage,
+    decode_feedback,
+    decode_interaction,
     now_ms,
 )
 from streaming.fusion import Fuser, FusionConfig, Signal, signal_from_event
@@ -92,7 +95,7 @@ class ProcessorConfig(BaseModel):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
 
 
-def prompt_hash(messages: list[ChatMessage]) -> str:
+def prompt_hash(messages: Sequence[ChatMessage | WireMessage]) -> str:
     """sha256 of the messages as ``json.dumps([m.model_dump() ...], sort_keys=True)``
     (the form stored hashes have), written directly: three times faster."""
     text = ", ".join(
@@ -112,15 +115,15 @@ class Batch:
     validated, so the store keeps it as is (serializing the event again cost more than
     the rest of storing it)."""
 
-    interactions: list[tuple[InteractionEvent, str]]
-    feedback: list[tuple[FeedbackEvent, str]]
+    interactions: list[tuple[WireInteraction, str]]
+    feedback: list[tuple[WireFeedback, str]]
 
 
 @dataclasses.dataclass(slots=True)
 class Known:
     """A stored interaction (the stored one: a replayed duplicate does not replace it)."""
 
-    event: InteractionEvent
+    event: WireInteraction
     prompt_hash: str
 
 
@@ -180,7 +183,7 @@ class Processor:
         self._interactions: Lru[str, Known] = Lru(config.cache_responses)
         self._joined: Lru[str, list[Joined]] = Lru(config.cache_responses)
         self._labels: Lru[str, ConversationLabels] = Lru(config.cache_conversations)
-        self._pending: Lru[str, FeedbackEvent] = Lru(config.cache_responses)  # by event id
+        self._pending: Lru[str, WireFeedback] = Lru(config.cache_responses)  # by event id
 
     def forget(self) -> None:
         """Drop the caches: the store may hold what they do not (another instance wrote
@@ -282,8 +285,8 @@ class Processor:
         return out
 
     def parse(self, records: list[Any]) -> Batch:
-        interactions: list[tuple[InteractionEvent, str]] = []
-        feedback: list[tuple[FeedbackEvent, str]] = []
+        interactions: list[tuple[WireInteraction, str]] = []
+        feedback: list[tuple[WireFeedback, str]] = []
         invalid = n_interactions = 0
         for r in records:
             value = r.value
@@ -319,12 +322,12 @@ class Processor:
             no_signals(rid, [])  # nothing joins a response before it is stored
         self.store.write(tx, s.interactions, rows, replace=False)
 
-    def clean(self, tx: Connection, batch: Batch) -> list[tuple[FeedbackEvent, str]]:
+    def clean(self, tx: Connection, batch: Batch) -> list[tuple[WireFeedback, str]]:
         """Drop duplicates (also across restarts: the store remembers every event id) and
         rate-limited raters. Dropped events are stored too, so a replay drops them again."""
         events = batch.feedback
         seen = self.store.existing_ids(tx, s.feedback, {e.event_id for e, _ in events})
-        fresh: list[tuple[FeedbackEvent, str]] = []
+        fresh: list[tuple[WireFeedback, str]] = []
         dropped: list[s.Row] = []
         duplicates = 0
         allow = self.fuser.allow
@@ -342,16 +345,14 @@ class Processor:
         self.store.write(tx, s.feedback, dropped, replace=False)
         return fresh
 
-    def join(
-        self, tx: Connection, fresh: list[tuple[FeedbackEvent, str]], batch: Batch
-    ) -> set[str]:
+    def join(self, tx: Connection, fresh: list[tuple[WireFeedback, str]], batch: Batch) -> set[str]:
         """Attach feedback to interactions; returns the responses with new signals.
         Fresh feedback is stored with its outcome (joined, or pending: held for its
         interaction); held feedback whose interaction just arrived is updated."""
         arrived = {e.response_id: e for e, _ in batch.interactions}
         held = self._held(tx, arrived)
         missing = {e.response_id for e, _ in fresh} - arrived.keys()
-        found: dict[str, InteractionEvent] = {
+        found: dict[str, WireInteraction] = {
             **{rid: known.event for rid, known in self._stored_interactions(tx, missing).items()},
             **arrived,
         }
@@ -406,7 +407,7 @@ class Processor:
             if fused.confidence >= self.config.fusion.min_confidence and abs(fused.score) > 0.05:
                 out.append(
                     PreferenceLabel(
-                        response_id=rid, prompt=event.messages, completion=event.completion,
+                        response_id=rid, prompt=_prompt(event), completion=event.completion,
                         desirable=fused.score > 0, weight=fused.confidence * abs(fused.score),
                         score=fused.score, confidence=fused.confidence,
                         scenario=fused.scenario, adapter=event.adapter,
@@ -443,7 +444,7 @@ class Processor:
                     continue
                 out.append(
                     PreferencePair(
-                        pair_id=pair_id("edit", j.event_id), prompt=event.messages,
+                        pair_id=pair_id("edit", j.event_id), prompt=_prompt(event),
                         chosen=j.edited, rejected=event.completion, weight=weight,
                         provenance="edit", chosen_response_id=None, rejected_response_id=rid,
                         adapter=event.adapter,
@@ -480,7 +481,7 @@ class Processor:
         return out
 
     # --- what the store holds, remembered ------------------------------------------------
-    def _held(self, tx: Connection, rids: Iterable[str]) -> list[FeedbackEvent]:
+    def _held(self, tx: Connection, rids: Iterable[str]) -> list[WireFeedback]:
         """Stored feedback for these responses still waiting for them (pending or
         orphaned), in the order stored. They are about to join: no longer remembered."""
         rows = self.store.select_in(tx, s.feedback, ("event_id", "status"), "response_id", rids)
@@ -644,25 +645,27 @@ def _signal_json(signal: Signal | None) -> str | None:
     return to_json({f: getattr(signal, f) for f in _SIGNAL_FIELDS}).decode()
 
 
-def _edited(e: FeedbackEvent) -> str | None:
+def _edited(e: WireFeedback) -> str | None:
     """An edit's text (the user's better answer); None for other kinds."""
     return e.value if e.kind is _EDIT and isinstance(e.value, str) else None
 
 
-_parse_interaction = InteractionEvent.model_validate_json
-_parse_feedback = FeedbackEvent.model_validate_json
+_parse_interaction = decode_interaction
+_parse_feedback = decode_feedback
 
 
-def _feedback_event(stored: Any) -> FeedbackEvent:
-    if isinstance(stored, str | bytes):
-        return FeedbackEvent.model_validate_json(stored)
-    return FeedbackEvent.model_validate(stored)
+# A stored event: JSON text from SQLite's driver, already decoded from other databases.
+def _feedback_event(stored: Any) -> WireFeedback:
+    return decode_feedback(stored if isinstance(stored, str | bytes) else to_json(stored))
 
 
-def _interaction_event(stored: Any) -> InteractionEvent:
-    if isinstance(stored, str | bytes):
-        return InteractionEvent.model_validate_json(stored)
-    return InteractionEvent.model_validate(stored)
+def _interaction_event(stored: Any) -> WireInteraction:
+    return decode_interaction(stored if isinstance(stored, str | bytes) else to_json(stored))
+
+
+def _prompt(event: WireInteraction) -> list[ChatMessage]:
+    """The interaction's messages as the records carry them."""
+    return [ChatMessage(role=m.role, content=m.content) for m in event.messages]
 
 
 def _key(rec: Record) -> bytes:
@@ -675,7 +678,7 @@ def _messages_json(messages: list[ChatMessage]) -> str:
 
 # Rows in the tables' column order (see streaming/store.py), JSON columns as JSON text.
 def _feedback_row(
-    e: FeedbackEvent, json_text: str, status: str, reason: str | None, signal: str | None
+    e: WireFeedback, json_text: str, status: str, reason: str | None, signal: str | None
 ) -> s.Row:
     return (
         e.event_id, e.response_id, e.user_hash, e.kind.value, e.received_ms, status, reason,
