@@ -710,16 +710,21 @@ class Fuser:
         here: they would all share one bucket."""
         if rater is None:
             return True
+        windows = self._windows
         horizon = ts_ms - RATE_WINDOW_MS
-        self._forget_idle_windows(horizon)
-        window = self._windows.get(rater)
+        if windows:  # (runs for every event: checked here, the loop only when there is work)
+            oldest = windows[next(iter(windows))]
+            if not oldest or oldest[-1] <= horizon:
+                self._forget_idle_windows(horizon)
+        window = windows.get(rater)
         if window is None:
-            window = self._windows[rater] = deque()
-        elif window:
-            # Events may arrive slightly out of order; keep the window sorted.
-            ts_ms = max(ts_ms, window[-1])
-            horizon = ts_ms - RATE_WINDOW_MS
-        self._windows.move_to_end(rater)
+            window = windows[rater] = deque()  # a new key is the most recent already
+        else:
+            windows.move_to_end(rater)
+            if window:
+                # Events may arrive slightly out of order; keep the window sorted.
+                ts_ms = max(ts_ms, window[-1])
+                horizon = ts_ms - RATE_WINDOW_MS
         while window and window[0] <= horizon:
             window.popleft()
         if len(window) >= self.config.rater_rate_limit_per_min:

@@ -628,6 +628,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 _HELD = ("pending", "orphaned")
 _EDIT = FeedbackKind.edit  # a module constant: Enum attribute lookups are slow
+_KIND = {kind: kind.value for kind in FeedbackKind}  # so is .value
 _MESSAGES = TypeAdapter(list[ChatMessage])
 _SIGNAL_FIELDS = [f.name for f in dataclasses.fields(Signal)]
 
@@ -681,7 +682,7 @@ def _feedback_row(
     e: WireFeedback, json_text: str, status: str, reason: str | None, signal: str | None
 ) -> s.Row:
     return (
-        e.event_id, e.response_id, e.user_hash, e.kind.value, e.received_ms, status, reason,
+        e.event_id, e.response_id, e.user_hash, _KIND[e.kind], e.received_ms, status, reason,
         signal, json_text,
     )  # fmt: skip
 
