@@ -578,7 +578,7 @@ class Processor:
         (it still joins if the interaction turns up later)."""
         n = tx.execute(
             update(s.feedback)
-            .where(and_(s.feedback.c.status == "pending", s.feedback.c.received_ms < cutoff_ms))
+            .where(and_(s.PENDING, s.feedback.c.received_ms < cutoff_ms))
             .values(status="orphaned")
         ).rowcount
         if n:
