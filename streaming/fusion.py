@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streaming.events import FeedbackEvent, FeedbackKind, InteractionEvent, check_value
+from streaming.events import AnyFeedback, AnyInteraction, FeedbackKind, check_value
 
 Scenario = Literal["safety", "open_domain", "general"]
 SCENARIOS: tuple[Scenario, ...] = ("safety", "open_domain", "general")
@@ -296,7 +296,7 @@ def _clamp(x: float, lo: float = -1.0, hi: float = 1.0) -> float:
 
 
 def signal_from_event(
-    event: FeedbackEvent, interaction: InteractionEvent | None, config: FusionConfig
+    event: AnyFeedback, interaction: AnyInteraction | None, config: FusionConfig
 ) -> Signal | None:
     """Map one feedback event to a Signal; None for a value it cannot interpret.
 
@@ -348,7 +348,7 @@ def edit_change(original: str, edited: str) -> float:
 
 
 def _edit_signal(
-    text: str, interaction: InteractionEvent | None, config: FusionConfig, rater: str | None
+    text: str, interaction: AnyInteraction | None, config: FusionConfig, rater: str | None
 ) -> Signal:
     if interaction is None:
         return Signal(
@@ -484,7 +484,7 @@ _SCENARIO_SCAN_CHARS = 4000
 _SCENARIO_MEMO_SIZE = 4096
 
 
-def _user_text(interaction: InteractionEvent) -> str:
+def _user_text(interaction: AnyInteraction) -> str:
     text = "\n".join(m.content for m in interaction.messages if m.role == "user")
     return text[-_SCENARIO_SCAN_CHARS:]
 
@@ -499,7 +499,7 @@ def _scenario(text: str, safety: KeywordMatcher, open_domain: KeywordMatcher) ->
     return "general"
 
 
-def detect_scenario(interaction: InteractionEvent, config: FusionConfig) -> Scenario:
+def detect_scenario(interaction: AnyInteraction, config: FusionConfig) -> Scenario:
     """Classify a conversation by keywords in the user's messages (system prompts are
     ignored: a "never give medical advice" instruction does not make every chat medical).
     Safety wins over open-domain; neither -> general."""
@@ -710,16 +710,21 @@ class Fuser:
         here: they would all share one bucket."""
         if rater is None:
             return True
+        windows = self._windows
         horizon = ts_ms - RATE_WINDOW_MS
-        self._forget_idle_windows(horizon)
-        window = self._windows.get(rater)
+        if windows:  # (runs for every event: checked here, the loop only when there is work)
+            oldest = windows[next(iter(windows))]
+            if not oldest or oldest[-1] <= horizon:
+                self._forget_idle_windows(horizon)
+        window = windows.get(rater)
         if window is None:
-            window = self._windows[rater] = deque()
-        elif window:
-            # Events may arrive slightly out of order; keep the window sorted.
-            ts_ms = max(ts_ms, window[-1])
-            horizon = ts_ms - RATE_WINDOW_MS
-        self._windows.move_to_end(rater)
+            window = windows[rater] = deque()  # a new key is the most recent already
+        else:
+            windows.move_to_end(rater)
+            if window:
+                # Events may arrive slightly out of order; keep the window sorted.
+                ts_ms = max(ts_ms, window[-1])
+                horizon = ts_ms - RATE_WINDOW_MS
         while window and window[0] <= horizon:
             window.popleft()
         if len(window) >= self.config.rater_rate_limit_per_min:
@@ -792,7 +797,7 @@ class Fuser:
                 iw, it, is_, ic = iw + w, it + w * v, is_ + w * v * v, ic + 1
         return _Part(ew, et, es, ec), _Part(iw, it, is_, ic)
 
-    def fuse(self, interaction: InteractionEvent | None, signals: list[Signal]) -> Fused:
+    def fuse(self, interaction: AnyInteraction | None, signals: list[Signal]) -> Fused:
         """Combine one response's signals; reads but never changes learned state.
 
         Each part is a weighted mean (weight = signal weight * strength * rater weight). The
@@ -840,7 +845,7 @@ class Fuser:
             _clamp(score), min(confidence, _MAX_CONFIDENCE), scenario, e_score, i_score, n_signals
         )
 
-    def _scenario_of(self, interaction: InteractionEvent) -> Scenario:
+    def _scenario_of(self, interaction: AnyInteraction) -> Scenario:
         # fuse() runs once per event, so a response's prompt is classified again and again;
         # a memo keyed by the text itself (not the response id) can never be stale.
         text = _user_text(interaction)

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, TypeVar
@@ -48,11 +48,14 @@ from streaming.events import (
     TOPIC_INTERACTIONS,
     TOPIC_PREFERENCES,
     ChatMessage,
-    FeedbackEvent,
     FeedbackKind,
-    InteractionEvent,
     PreferenceLabel,
     PreferencePair,
+    WireFeedback,
+    WireInteraction,
+    WireMessage,
+    decode_feedback,
+    decode_interaction,
     now_ms,
 )
 from streaming.fusion import Fuser, FusionConfig, Signal, signal_from_event
@@ -92,7 +95,7 @@ class ProcessorConfig(BaseModel):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
 
 
-def prompt_hash(messages: list[ChatMessage]) -> str:
+def prompt_hash(messages: Sequence[ChatMessage | WireMessage]) -> str:
     """sha256 of the messages as ``json.dumps([m.model_dump() ...], sort_keys=True)``
     (the form stored hashes have), written directly: three times faster."""
     text = ", ".join(
@@ -106,25 +109,21 @@ def pair_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Batch:
-    """What one poll brought in, parsed, with each event's JSON text as received: it was
+    """What one poll brought in, parsed: each event with its JSON text as received. It was
     validated, so the store keeps it as is (serializing the event again cost more than
     the rest of storing it)."""
 
-    interactions: list[InteractionEvent] = dataclasses.field(default_factory=list)
-    feedback: list[FeedbackEvent] = dataclasses.field(default_factory=list)
-    received: dict[int, str] = dataclasses.field(default_factory=dict)  # id(event) -> JSON
-
-    def json(self, event: BaseModel) -> str:
-        return self.received[id(event)]
+    interactions: list[tuple[WireInteraction, str]]
+    feedback: list[tuple[WireFeedback, str]]
 
 
 @dataclasses.dataclass(slots=True)
 class Known:
     """A stored interaction (the stored one: a replayed duplicate does not replace it)."""
 
-    event: InteractionEvent
+    event: WireInteraction
     prompt_hash: str
 
 
@@ -164,8 +163,9 @@ class Lru(OrderedDict[K, V]):
         return value
 
     def put(self, key: K, value: V) -> None:
-        self[key] = value
-        self.move_to_end(key)
+        if key in self:
+            self.move_to_end(key)
+        self[key] = value  # a new key goes to the end by itself
         if len(self) > self.size:
             self.popitem(last=False)
 
@@ -183,7 +183,7 @@ class Processor:
         self._interactions: Lru[str, Known] = Lru(config.cache_responses)
         self._joined: Lru[str, list[Joined]] = Lru(config.cache_responses)
         self._labels: Lru[str, ConversationLabels] = Lru(config.cache_conversations)
-        self._pending: Lru[str, FeedbackEvent] = Lru(config.cache_responses)  # by event id
+        self._pending: Lru[str, WireFeedback] = Lru(config.cache_responses)  # by event id
 
     def forget(self) -> None:
         """Drop the caches: the store may hold what they do not (another instance wrote
@@ -285,72 +285,74 @@ class Processor:
         return out
 
     def parse(self, records: list[Any]) -> Batch:
-        batch = Batch()
-        invalid = 0
+        interactions: list[tuple[WireInteraction, str]] = []
+        feedback: list[tuple[WireFeedback, str]] = []
+        invalid = n_interactions = 0
         for r in records:
+            value = r.value
             try:
                 if r.topic == TOPIC_INTERACTIONS:
-                    interaction = InteractionEvent.model_validate_json(r.value)
-                    batch.interactions.append(interaction)
-                    batch.received[id(interaction)] = r.value.decode()
+                    n_interactions += 1
+                    interactions.append((_parse_interaction(value), value.decode()))
                 else:
-                    feedback = FeedbackEvent.model_validate_json(r.value)
-                    batch.feedback.append(feedback)
-                    batch.received[id(feedback)] = r.value.decode()
+                    feedback.append((_parse_feedback(value), value.decode()))
             except ValidationError:
                 invalid += 1
         # Counted per batch, not per record: a labelled counter costs a lookup each time.
-        for topic, n in Counter(r.topic for r in records).items():
-            m.PROC_CONSUMED.labels(topic).inc(n)
+        # (Only the two subscribed topics come in.)
+        m.PROC_CONSUMED.labels(TOPIC_INTERACTIONS).inc(n_interactions)
+        m.PROC_CONSUMED.labels(TOPIC_FEEDBACK).inc(len(records) - n_interactions)
         _count(m.PROC_DROPS, "invalid", invalid)
-        return batch
+        return Batch(interactions, feedback)
 
     def store_interactions(self, tx: Connection, batch: Batch) -> None:
-        latest = {e.response_id: e for e in batch.interactions}
+        latest = {e.response_id: (e, text) for e, text in batch.interactions}
         stored = self.store.existing_ids(tx, s.interactions, latest)
         rows: list[s.Row] = []
-        for rid, e in latest.items():
+        remember, no_signals = self._interactions.put, self._joined.put
+        for rid, (e, text) in latest.items():
             if rid in stored:
                 continue  # a replay or a duplicate: the stored one stays
             digest = prompt_hash(e.messages)
             rows.append(
                 (rid, e.conversation_id, digest, e.user_hash, e.adapter, e.arm, e.created_ms,
-                 batch.json(e), False)
+                 text, False)
             )  # fmt: skip
-            self._interactions.put(rid, Known(e, digest))
-            self._joined.put(rid, [])  # nothing joins a response before it is stored
+            remember(rid, Known(e, digest))
+            no_signals(rid, [])  # nothing joins a response before it is stored
         self.store.write(tx, s.interactions, rows, replace=False)
 
-    def clean(self, tx: Connection, batch: Batch) -> list[FeedbackEvent]:
+    def clean(self, tx: Connection, batch: Batch) -> list[tuple[WireFeedback, str]]:
         """Drop duplicates (also across restarts: the store remembers every event id) and
         rate-limited raters. Dropped events are stored too, so a replay drops them again."""
         events = batch.feedback
-        seen = self.store.existing_ids(tx, s.feedback, {e.event_id for e in events})
-        fresh: list[FeedbackEvent] = []
+        seen = self.store.existing_ids(tx, s.feedback, {e.event_id for e, _ in events})
+        fresh: list[tuple[WireFeedback, str]] = []
         dropped: list[s.Row] = []
         duplicates = 0
-        for e in events:
+        allow = self.fuser.allow
+        for e, text in events:
             if e.event_id in seen:
                 duplicates += 1
                 continue
             seen.add(e.event_id)
-            if self.fuser.allow(e.user_hash, e.client_ts or e.received_ms):
-                fresh.append(e)
+            if allow(e.user_hash, e.client_ts or e.received_ms):
+                fresh.append((e, text))
             else:
-                dropped.append(_feedback_row(e, batch.json(e), "dropped", "rate_limited", None))
+                dropped.append(_feedback_row(e, text, "dropped", "rate_limited", None))
         _count(m.PROC_DROPS, "duplicate", duplicates)
         _count(m.PROC_DROPS, "rate_limited", len(dropped))
         self.store.write(tx, s.feedback, dropped, replace=False)
         return fresh
 
-    def join(self, tx: Connection, fresh: list[FeedbackEvent], batch: Batch) -> set[str]:
+    def join(self, tx: Connection, fresh: list[tuple[WireFeedback, str]], batch: Batch) -> set[str]:
         """Attach feedback to interactions; returns the responses with new signals.
         Fresh feedback is stored with its outcome (joined, or pending: held for its
         interaction); held feedback whose interaction just arrived is updated."""
-        arrived = {e.response_id: e for e in batch.interactions}
+        arrived = {e.response_id: e for e, _ in batch.interactions}
         held = self._held(tx, arrived)
-        missing = {e.response_id for e in fresh} - arrived.keys()
-        found: dict[str, InteractionEvent] = {
+        missing = {e.response_id for e, _ in fresh} - arrived.keys()
+        found: dict[str, WireInteraction] = {
             **{rid: known.event for rid, known in self._stored_interactions(tx, missing).items()},
             **arrived,
         }
@@ -358,33 +360,33 @@ class Processor:
         updates: list[dict[str, Any]] = []
         touched: set[str] = set()
         joins = uninterpretable = 0
-        for e, is_held in [*((e, True) for e in held), *((e, False) for e in fresh)]:
+        fusion, observe, hold = self.config.fusion, self.fuser.observe, self._pending.put
+        # Held events (text None: stored already, so updated) first, then fresh ones.
+        for e, text in [*((e, None) for e in held), *fresh]:
             interaction = found.get(e.response_id)
             signal = None
-            if interaction is not None:
-                signal = signal_from_event(e, interaction, self.config.fusion)
             if interaction is None:
                 status, reason = "pending", None  # held until it joins or the grace ends
-                self._pending.put(e.event_id, e)
-            elif signal is None:
+                hold(e.event_id, e)
+            elif (signal := signal_from_event(e, interaction, fusion)) is None:
                 uninterpretable += 1
                 status, reason = "dropped", "uninterpretable"
             else:
-                signal = self.fuser.observe(signal)
+                signal = observe(signal)
                 joins += 1
                 status, reason = "joined", None
                 touched.add(e.response_id)
                 joined = self._joined.use(e.response_id)
                 if joined is not None:  # else not remembered: emit reads it from the store
                     joined.append(Joined(e.event_id, signal, _edited(e)))
-            signal_json = _signal_json(signal) if status == "joined" else None
-            if is_held:
+            signal_json = None if signal is None else _signal_json(signal)
+            if text is None:
                 updates.append(
                     {"event_id": e.event_id, "status": status, "status_reason": reason,
                      "signal": signal_json}
                 )  # fmt: skip
             else:
-                inserts.append(_feedback_row(e, batch.json(e), status, reason, signal_json))
+                inserts.append(_feedback_row(e, text, status, reason, signal_json))
         _count(m.PROC_DROPS, "uninterpretable", uninterpretable)
         if joins:
             m.PROC_JOINS.inc(joins)
@@ -405,7 +407,7 @@ class Processor:
             if fused.confidence >= self.config.fusion.min_confidence and abs(fused.score) > 0.05:
                 out.append(
                     PreferenceLabel(
-                        response_id=rid, prompt=event.messages, completion=event.completion,
+                        response_id=rid, prompt=_prompt(event), completion=event.completion,
                         desirable=fused.score > 0, weight=fused.confidence * abs(fused.score),
                         score=fused.score, confidence=fused.confidence,
                         scenario=fused.scenario, adapter=event.adapter,
@@ -442,7 +444,7 @@ class Processor:
                     continue
                 out.append(
                     PreferencePair(
-                        pair_id=pair_id("edit", j.event_id), prompt=event.messages,
+                        pair_id=pair_id("edit", j.event_id), prompt=_prompt(event),
                         chosen=j.edited, rejected=event.completion, weight=weight,
                         provenance="edit", chosen_response_id=None, rejected_response_id=rid,
                         adapter=event.adapter,
@@ -479,7 +481,7 @@ class Processor:
         return out
 
     # --- what the store holds, remembered ------------------------------------------------
-    def _held(self, tx: Connection, rids: Iterable[str]) -> list[FeedbackEvent]:
+    def _held(self, tx: Connection, rids: Iterable[str]) -> list[WireFeedback]:
         """Stored feedback for these responses still waiting for them (pending or
         orphaned), in the order stored. They are about to join: no longer remembered."""
         rows = self.store.select_in(tx, s.feedback, ("event_id", "status"), "response_id", rids)
@@ -576,7 +578,7 @@ class Processor:
         (it still joins if the interaction turns up later)."""
         n = tx.execute(
             update(s.feedback)
-            .where(and_(s.feedback.c.status == "pending", s.feedback.c.received_ms < cutoff_ms))
+            .where(and_(s.PENDING, s.feedback.c.received_ms < cutoff_ms))
             .values(status="orphaned")
         ).rowcount
         if n:
@@ -626,6 +628,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 _HELD = ("pending", "orphaned")
 _EDIT = FeedbackKind.edit  # a module constant: Enum attribute lookups are slow
+_KIND = {kind: kind.value for kind in FeedbackKind}  # so is .value
 _MESSAGES = TypeAdapter(list[ChatMessage])
 _SIGNAL_FIELDS = [f.name for f in dataclasses.fields(Signal)]
 
@@ -643,21 +646,27 @@ def _signal_json(signal: Signal | None) -> str | None:
     return to_json({f: getattr(signal, f) for f in _SIGNAL_FIELDS}).decode()
 
 
-def _edited(e: FeedbackEvent) -> str | None:
+def _edited(e: WireFeedback) -> str | None:
     """An edit's text (the user's better answer); None for other kinds."""
     return e.value if e.kind is _EDIT and isinstance(e.value, str) else None
 
 
-def _feedback_event(stored: Any) -> FeedbackEvent:
-    if isinstance(stored, str | bytes):
-        return FeedbackEvent.model_validate_json(stored)
-    return FeedbackEvent.model_validate(stored)
+_parse_interaction = decode_interaction
+_parse_feedback = decode_feedback
 
 
-def _interaction_event(stored: Any) -> InteractionEvent:
-    if isinstance(stored, str | bytes):
-        return InteractionEvent.model_validate_json(stored)
-    return InteractionEvent.model_validate(stored)
+# A stored event: JSON text from SQLite's driver, already decoded from other databases.
+def _feedback_event(stored: Any) -> WireFeedback:
+    return decode_feedback(stored if isinstance(stored, str | bytes) else to_json(stored))
+
+
+def _interaction_event(stored: Any) -> WireInteraction:
+    return decode_interaction(stored if isinstance(stored, str | bytes) else to_json(stored))
+
+
+def _prompt(event: WireInteraction) -> list[ChatMessage]:
+    """The interaction's messages as the records carry them."""
+    return [ChatMessage(role=m.role, content=m.content) for m in event.messages]
 
 
 def _key(rec: Record) -> bytes:
@@ -670,10 +679,10 @@ def _messages_json(messages: list[ChatMessage]) -> str:
 
 # Rows in the tables' column order (see streaming/store.py), JSON columns as JSON text.
 def _feedback_row(
-    e: FeedbackEvent, json_text: str, status: str, reason: str | None, signal: str | None
+    e: WireFeedback, json_text: str, status: str, reason: str | None, signal: str | None
 ) -> s.Row:
     return (
-        e.event_id, e.response_id, e.user_hash, e.kind.value, e.received_ms, status, reason,
+        e.event_id, e.response_id, e.user_hash, _KIND[e.kind], e.received_ms, status, reason,
         signal, json_text,
     )  # fmt: skip
 

@@ -10,7 +10,9 @@ import random
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from streaming import store as s
@@ -21,6 +23,11 @@ from streaming.events import (
     FeedbackEvent,
     FeedbackKind,
     InteractionEvent,
+    WireFeedback,
+    WireInteraction,
+    WireMessage,
+    decode_feedback,
+    decode_interaction,
 )
 from streaming.fusion import FusionConfig
 from streaming.processor import Processor, ProcessorConfig, Record, prompt_hash
@@ -259,3 +266,80 @@ def test_events_are_stored_as_received(tmp_path: Path) -> None:
     processor.process([Rec(TOPIC_FEEDBACK, value)])
     [row] = processor.store.all(s.feedback)
     assert row["status"] == "pending" and row["event"] == json.loads(value)
+
+
+# --- the processor's msgspec mirrors of the event models ---------------------------------
+MIRRORS: list[tuple[type[BaseModel], type[msgspec.Struct]]] = [
+    (InteractionEvent, WireInteraction), (FeedbackEvent, WireFeedback),
+    (ChatMessage, WireMessage),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "wire"), MIRRORS)
+def test_mirrors_have_the_models_fields_and_defaults(
+    model: type[BaseModel], wire: type[msgspec.Struct]
+) -> None:
+    mirrored = {f.name: None if f.required else f.default for f in msgspec.structs.fields(wire)}
+    expected = {
+        name: None if f.is_required() else f.default for name, f in model.model_fields.items()
+    }
+    assert mirrored == expected
+
+
+# JSON values swapped in for a field: every type the models meet, and the edge cases where
+# a fast decoder could read differently (coercions, overflow, non-finite numbers).
+ODD_VALUES = [
+    "null", "true", "false", "0", "-1", "1", "1.0", "2.5", "-0", "1e400", "-1e-400", "NaN",
+    str(2**64), str(2**70), '"5"', '"1.0"', '""', '"true"', '"thumb"', '"copy"', '"user"',
+    '"\\ud800"', '"\\u0000x"', "[]", "{}", '[{"role": "user", "content": "x"}]',
+    '[{"role": "user", "content": "x", "name": "n"}]', '[{"role": "robot", "content": "x"}]',
+    '[{"role": "user"}]',
+]  # fmt: skip
+
+
+def mutations(event: BaseModel) -> list[bytes]:
+    fields = json.loads(event.model_dump_json())
+    out = [event.model_dump_json().encode()]
+    for name in fields:
+        for odd in ODD_VALUES:
+            changed = {k: (odd if k == name else json.dumps(v)) for k, v in fields.items()}
+            out.append(("{" + ",".join(f'"{k}":{v}' for k, v in changed.items()) + "}").encode())
+        out.append(json.dumps({k: v for k, v in fields.items() if k != name}).encode())
+    out.append(json.dumps({**fields, "extra": 1}).encode())
+    out.append(event.model_dump_json().encode()[:-1] + b', "event_type": "other"}')
+    out.append(event.model_dump_json().encode() + b"x")
+    return out
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)  # NaN compares equal to itself here
+
+
+@pytest.mark.parametrize(("model", "wire"), MIRRORS[:2])
+def test_what_a_mirror_accepts_the_model_accepts_the_same(
+    model: type[BaseModel], wire: type[msgspec.Struct], batches: list[list[Rec]]
+) -> None:
+    topic = TOPIC_INTERACTIONS if model is InteractionEvent else TOPIC_FEEDBACK
+    samples = [r.value for batch in batches[:5] for r in batch if r.topic == topic][:10]
+    decode = decode_interaction if model is InteractionEvent else decode_feedback
+    accepted = fell_back = 0
+    for sample in samples:
+        for data in mutations(model.model_validate_json(sample)):
+            try:
+                expected: Any = model.model_validate_json(data).model_dump(mode="json")
+            except ValidationError:
+                expected = None
+            try:
+                fast: Any = msgspec.to_builtins(msgspec.json.decode(data, type=wire))
+            except msgspec.DecodeError:
+                fast = None
+                fell_back += 1
+            if fast is not None:
+                accepted += 1
+                assert canonical(fast) == canonical(expected), data  # never more than pydantic
+            try:  # with the fallback: exactly pydantic's verdict and reading
+                got: Any = msgspec.to_builtins(decode(data))
+            except ValidationError:
+                got = None
+            assert canonical(got) == canonical(expected), data
+    assert accepted > 50 and fell_back > 50
