@@ -178,6 +178,12 @@ def test_gate_rejects_inverted_candidate(
     anchored = evaluate(base, yes_adapter, no_adapter, [], prompts[:2], None, gate)
     m = anchored.metrics
     assert m["nll_increase"] == pytest.approx(m["nll_candidate"] - m["nll_base"])
+    # Two held-out pairs are too few to judge on: the inverted candidate's accuracy is
+    # recorded, the check is skipped and said so, and the other checks decide.
+    few = evaluate(base, no_adapter, None, HELD_OUT[:2], [], None, gate)
+    assert few.metrics["pref_accuracy"] < gate.min_pref_accuracy
+    assert not any(r.startswith("preference accuracy") for r in few.reasons), few.reasons
+    assert "preference accuracy: 2 held-out pairs < 8, not judged" in few.skipped
 
 
 def test_reward_model_prefers_chosen(base: Path, reward_dir: tuple[Path, float | None]) -> None:

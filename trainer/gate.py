@@ -1,9 +1,10 @@
 """The offline evaluation gate: should a freshly trained adapter replace the current one?
 
-Four checks, each skipped (and said so) when its inputs are missing:
+Four checks, each skipped (and said so) when its inputs are missing or too few to judge on:
 
-- preference accuracy: on held-out pairs, does the candidate's DPO implicit reward
-  [log p_cand(chosen) - log p_cur(chosen)] - [same for rejected] favour the chosen answer?
+- preference accuracy: on held-out pairs (at least `min_pref_pairs`), does the candidate's
+  DPO implicit reward [log p_cand(chosen) - log p_cur(chosen)] - [same for rejected] favour
+  the chosen answer?
 - win rate: on held-out prompts, does the reward model prefer the candidate's greedy answers
   to the current adapter's?
 - fluency: DPO can over-optimize into gibberish that still "wins" the checks above, so the
@@ -50,6 +51,13 @@ class GateConfig(BaseModel):
         le=1,
         description="Least held-out preference accuracy of the candidate, its implicit DPO "
         "reward measured against the current adapter as reference.",
+    )
+    min_pref_pairs: int = Field(
+        8,
+        ge=1,
+        description="Held-out pairs the preference-accuracy check needs to judge; with fewer it "
+        "is measured and recorded but skipped (on 2 pairs an accuracy of 0.5 is one coin flip "
+        "either way, not evidence against a candidate).",
     )
     min_win_rate: float = Field(
         0.5,
@@ -311,7 +319,12 @@ def _check_preferences(
     acc = _pref_accuracy(policies, CANDIDATE, ref, pairs, config)
     v.metrics["pref_accuracy"] = acc
     v.metrics["n_pairs"] = float(len(pairs))
-    if acc < config.min_pref_accuracy:
+    if len(pairs) < config.min_pref_pairs:
+        v.skipped.append(
+            f"preference accuracy: {len(pairs)} held-out pairs < {config.min_pref_pairs}, "
+            "not judged"
+        )
+    elif acc < config.min_pref_accuracy:
         v.reasons.append(
             f"preference accuracy {acc:.3f} < {config.min_pref_accuracy:.3f} "
             f"on {len(pairs)} held-out pairs"
