@@ -293,9 +293,9 @@ class Processor:
             try:
                 if r.topic == TOPIC_INTERACTIONS:
                     n_interactions += 1
-                    interactions.append((_parse_interaction(value), value.decode()))
+                    interactions.append((decode_interaction(value), value.decode()))
                 else:
-                    feedback.append((_parse_feedback(value), value.decode()))
+                    feedback.append((decode_feedback(value), value.decode()))
             except ValidationError:
                 invalid += 1
         # Counted per batch, not per record: a labelled counter costs a lookup each time.
@@ -649,10 +649,6 @@ def _signal_json(signal: Signal | None) -> str | None:
 def _edited(e: WireFeedback) -> str | None:
     """An edit's text (the user's better answer); None for other kinds."""
     return e.value if e.kind is _EDIT and isinstance(e.value, str) else None
-
-
-_parse_interaction = decode_interaction
-_parse_feedback = decode_feedback
 
 
 # A stored event: JSON text from SQLite's driver, already decoded from other databases.
