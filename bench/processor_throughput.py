@@ -7,9 +7,16 @@ broker, then measures, on the same topics:
 (b) end to end: the processor (one instance, one core) consuming as a group, joining,
     cleaning, fusing and writing records to a SQLite store, until every partition's
     committed offset (committed only after the store write) reaches its end.
-Both are timed from their first record. Prints records/s of each and the ratio, and the
+(c) floors: the least that any processor doing what the processor does must do, without
+    the processing itself: consume as a group and decode each event; then also store, in
+    one transaction per batch, each interaction (joins after a restart need it) and each
+    feedback event's id (dropping duplicates across restarts needs it); then also publish
+    as many records as (b) did. The processor's ratio can be no better than the last.
+All are timed from their first record. Prints records/s of each and the ratio, and the
 CPU time this process spent per record in each (all its threads; the broker is another
 process): on a busy machine wall-clock rates are noisy, CPU per record much less so.
+"One core" is meant literally: with two or more cores, this process is pinned to one and
+the broker to another (``--no-pin`` to leave both free).
 
     python bench/processor_throughput.py [--events 200000]
 """
@@ -17,7 +24,9 @@ process): on a busy machine wall-clock rates are noisy, CPU per record much less
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -33,10 +42,13 @@ from streaming.broker import EmbeddedBroker
 from streaming.events import (
     TOPIC_FEEDBACK,
     TOPIC_INTERACTIONS,
+    TOPIC_PREFERENCES,
     ChatMessage,
     FeedbackEvent,
     FeedbackKind,
     InteractionEvent,
+    decode_feedback,
+    decode_interaction,
     now_ms,
 )
 from streaming.processor import Processor, ProcessorConfig
@@ -140,8 +152,8 @@ def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
     return ends
 
 
-def processed_rate(bootstrap: str, total: int, store: Path) -> tuple[float, float, int]:
-    """Records/s, CPU seconds per record and records processed."""
+def processed_rate(bootstrap: str, total: int, store: Path) -> tuple[float, float, int, int]:
+    """Records/s, CPU seconds per record, records processed and records published."""
     config = ProcessorConfig(
         bootstrap_servers=bootstrap, store_url=f"sqlite:///{store}", group_id="bench",
         session_timeout_ms=6000,
@@ -149,7 +161,13 @@ def processed_rate(bootstrap: str, total: int, store: Path) -> tuple[float, floa
     processor = Processor(config)
     ends = end_offsets(bootstrap)
     consumed = lambda: sum(m.PROC_CONSUMED.labels(t)._value.get() for t in TOPICS)  # noqa: E731
-    base = consumed()
+    published = lambda: sum(  # noqa: E731
+        sample.value
+        for metric in m.PROC_RECORDS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+    base, base_out = consumed(), published()
     stop = threading.Event()
     thread = threading.Thread(target=processor.run, args=(stop,), daemon=True)
     thread.start()
@@ -171,14 +189,106 @@ def processed_rate(bootstrap: str, total: int, store: Path) -> tuple[float, floa
     stop.set()
     thread.join(30)
     n = int(consumed() - base)
-    return n / elapsed, cpu / n, n
+    return n / elapsed, cpu / n, n, int(published() - base_out)
+
+
+# A published record of typical size (a label).
+RECORD = (
+    b'{"response_id":"r1","prompt":[{"role":"user","content":"Question number 1?"}],'
+    b'"completion":"An answer to question 1.","desirable":true,"weight":0.4,"score":0.5,'
+    b'"confidence":0.8,"scenario":"open_domain","adapter":"base","n_signals":3}'
+)
+
+
+def floor_rate(
+    bootstrap: str, total: int, group: str, store: Path | None, publish: int
+) -> tuple[float, float]:
+    """Records/s and CPU seconds per record of the floor (see the module docstring): a
+    consumer configured as the processor's; with ``store``, each interaction (as the
+    processor stores it, minus the prompt hash) and each feedback event id written to
+    SQLite in one transaction per batch; ``publish`` records sent as the processor sends
+    them, spread evenly over the batches; offsets committed after each batch."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+        auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1500,
+        max_poll_records=2000,
+    )  # fmt: skip
+    consumer.subscribe(list(TOPICS))
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", compression_type="lz4", linger_ms=20
+    )
+    db = None
+    if store is not None:
+        db = sqlite3.connect(store, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE interactions (response_id TEXT PRIMARY KEY, conversation_id TEXT,"
+            " user_hash TEXT, adapter TEXT, arm TEXT, created_ms INTEGER, event TEXT)"
+        )
+        db.execute("CREATE INDEX ix_conversation ON interactions (conversation_id)")
+        db.execute("CREATE TABLE seen (event_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    seen, sent, first, cpu = 0, 0, None, 0.0
+    while seen < total:
+        records = [r for batch in consumer.poll(timeout_ms=1000).values() for r in batch]
+        if not records:
+            continue
+        if first is None:
+            first, cpu = time.perf_counter(), time.process_time()
+        interactions, feedback = [], []
+        for r in records:
+            if r.topic == TOPIC_INTERACTIONS:
+                i = decode_interaction(r.value)
+                interactions.append(
+                    (i.response_id, i.conversation_id, i.user_hash, i.adapter, i.arm,
+                     i.created_ms, r.value.decode())
+                )  # fmt: skip
+            else:
+                feedback.append((decode_feedback(r.value).event_id,))
+        seen += len(records)
+        if db is not None:
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT OR IGNORE INTO interactions VALUES (?,?,?,?,?,?,?)", interactions
+            )
+            db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", feedback)
+            db.execute("COMMIT")
+        for _ in range(publish * seen // total - sent):
+            producer.send(TOPIC_PREFERENCES, key=str(sent).encode(), value=RECORD)
+            sent += 1
+        producer.flush(30)
+        consumer.commit()
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    cpu = time.process_time() - cpu
+    consumer.close()
+    producer.close()
+    if db is not None:
+        db.close()
+    return seen / elapsed, cpu / seen
+
+
+def pin_to_one_core() -> tuple[set[int], set[int]] | None:
+    """(this process's core, the broker's cores), or None where that cannot be done."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    return {cores[0]}, set(cores[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--no-pin", action="store_true", help="Do not pin to one core.")
     args = parser.parse_args()
+    pinned = None if args.no_pin else pin_to_one_core()
+    if pinned:
+        os.sched_setaffinity(0, pinned[1])  # the broker, started now, inherits this
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        if pinned:
+            os.sched_setaffinity(0, pinned[0])
+            print(f"this process on core {pinned[0]}, the broker on {sorted(pinned[1])}")
         ensure_topics(broker.bootstrap, PARTITIONS)
         t = time.perf_counter()
         total = produce(broker.bootstrap, args.events)
@@ -188,14 +298,25 @@ def main() -> None:
             f"raw kafka-python consume: {raw:,.0f} records/s, {raw_cpu * 1e6:.1f} us CPU/record",
             flush=True,
         )
-        ours, our_cpu, n = processed_rate(broker.bootstrap, total, Path(tmp) / "prefs.sqlite")
+        ours, our_cpu, n, out = processed_rate(broker.bootstrap, total, Path(tmp) / "prefs.sqlite")
         print(
             f"processor end to end:     {ours:,.0f} records/s, {our_cpu * 1e6:.1f} us CPU/record"
-            f" ({n} records)",
+            f" ({n} records in, {out} out)",
             flush=True,
         )
-        print(f"\nratio processor / raw consume: {ours / raw:.3f}")
-        print(f"ratio of CPU per record, raw / processor: {raw_cpu / our_cpu:.3f}")
+        rows = [("processor end to end", ours, our_cpu)]
+        floors = [
+            ("floor: consume + decode", None, 0),
+            ("floor: + store", Path(tmp) / "floor.sqlite", 0),
+            (f"floor: + store + publish {out}", Path(tmp) / "floor2.sqlite", out),
+        ]
+        for i, (label, store, publish) in enumerate(floors):
+            rate, cpu = floor_rate(broker.bootstrap, total, f"floor{i}", store, publish)
+            print(f"{label + ':':34s}{rate:,.0f} records/s, {cpu * 1e6:.1f} us CPU/record")
+            rows.append((label, rate, cpu))
+        print(f"\n{'ratio to raw consume':34s}{'wall':>8s}{'CPU':>8s}")
+        for label, rate, cpu in rows:
+            print(f"{label:34s}{rate / raw:8.3f}{raw_cpu / cpu:8.3f}")
 
 
 if __name__ == "__main__":
