@@ -143,6 +143,7 @@ class Scored:
     score: float
     confidence: float
     completion: str
+    adapter: str
 
 
 # A conversation's stored labels: prompt hash -> response id -> label.
@@ -458,7 +459,8 @@ class Processor:
         """Regenerated answers to the same prompt in one conversation, clearly scored
         apart, make a pair (the better one chosen). Call after the labels were written."""
         groups = self._conversation_labels(tx, known, labels)
-        out: list[Record] = []
+        # By pair id: two siblings labelled in one batch find each other twice.
+        out: dict[str, Record] = {}
         for label in labels:
             mine = known[label.response_id]
             siblings = groups[mine.event.conversation_id].get(mine.prompt_hash, {})
@@ -466,19 +468,19 @@ class Processor:
                 gap = label.score - sib.score
                 if sib_id == label.response_id or abs(gap) < self.config.pair_margin:
                     continue
-                ours = (label.response_id, label.completion)
-                theirs = (sib_id, sib.completion)
-                (best, chosen), (worst, rejected) = (ours, theirs) if gap > 0 else (theirs, ours)
-                out.append(
-                    PreferencePair(
-                        pair_id=pair_id("regenerate", *sorted((best, worst))),
-                        prompt=label.prompt, chosen=chosen, rejected=rejected,
-                        weight=min(label.confidence, sib.confidence) * abs(gap) / 2,
-                        provenance="regenerate", chosen_response_id=best,
-                        rejected_response_id=worst, adapter=label.adapter,
-                    )
+                ours = (label.response_id, label.completion, label.adapter)
+                theirs = (sib_id, sib.completion, sib.adapter)
+                (best, chosen, _), (worst, rejected, adapter) = (
+                    (ours, theirs) if gap > 0 else (theirs, ours)
+                )
+                key = pair_id("regenerate", *sorted((best, worst)))
+                out[key] = PreferencePair(
+                    pair_id=key, prompt=label.prompt, chosen=chosen, rejected=rejected,
+                    weight=min(label.confidence, sib.confidence) * abs(gap) / 2,
+                    provenance="regenerate", chosen_response_id=best,
+                    rejected_response_id=worst, adapter=adapter,
                 )  # fmt: skip
-        return out
+        return list(out.values())
 
     # --- what the store holds, remembered ------------------------------------------------
     def _held(self, tx: Connection, rids: Iterable[str]) -> list[WireFeedback]:
@@ -549,14 +551,14 @@ class Processor:
                 if cached is None:
                     continue  # read below, this batch's labels included
                 out[conv] = cached
-            scored = Scored(label.score, label.confidence, label.completion)
+            scored = Scored(label.score, label.confidence, label.completion, label.adapter)
             out[conv].setdefault(mine.prompt_hash, {})[label.response_id] = scored
         misses = {known[x.response_id].event.conversation_id for x in labels} - out.keys()
         for conv in misses:
             out[conv] = {}
         rows = self.store.labels_of_conversations(tx, misses)
-        for conv, digest, rid, score, confidence, completion in rows:
-            out[conv].setdefault(digest, {})[rid] = Scored(score, confidence, completion)
+        for conv, digest, rid, score, confidence, completion, adapter in rows:
+            out[conv].setdefault(digest, {})[rid] = Scored(score, confidence, completion, adapter)
         for conv in misses:
             self._labels.put(conv, out[conv])
         return out

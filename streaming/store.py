@@ -324,12 +324,13 @@ class PreferenceStore:
         return _select_in_chunks(conn, head, values)
 
     def labels_of_conversations(self, conn: Connection, conversations: Iterable[str]) -> list[Row]:
-        """(conversation_id, prompt_hash, response_id, score, confidence, completion) of
-        every label of these conversations' responses: the candidates for sibling pairs."""
+        """(conversation_id, prompt_hash, response_id, score, confidence, completion,
+        adapter) of every label of these conversations' responses: the candidates for
+        sibling pairs."""
         convs = list(conversations)
         cols = (
             interactions.c.conversation_id, interactions.c.prompt_hash, labels.c.response_id,
-            labels.c.score, labels.c.confidence, labels.c.completion,
+            labels.c.score, labels.c.confidence, labels.c.completion, labels.c.adapter,
         )  # fmt: skip
         out: list[Row] = []
         if self.direct:

@@ -23,6 +23,7 @@ from streaming.events import (
     FeedbackEvent,
     FeedbackKind,
     InteractionEvent,
+    PreferencePair,
     WireFeedback,
     WireInteraction,
     WireMessage,
@@ -244,6 +245,40 @@ def test_fuser_state_saved_before_it_had_rater_rows_is_read(
     assert second.store.load_state(s.FUSER)["raters"] == []  # type: ignore[index]
     with second.store.engine.connect() as conn:
         assert len(conn.execute(select(s.raters)).all()) == len(full["raters"])
+
+
+@pytest.mark.parametrize("good_first", [True, False])
+def test_siblings_labelled_together_make_one_pair(good_first: bool, tmp_path: Path) -> None:
+    """Two answers to one prompt, from different adapters, both judged in one batch: one
+    pair, whichever is processed first, marked with the adapter of the rejected answer."""
+
+    def answer(rid: str, adapter: str) -> Rec:
+        event = InteractionEvent(
+            response_id=rid, conversation_id="c", user_hash="u", model="m", adapter=adapter,
+            arm="stable", messages=[ChatMessage(role="user", content="Same question?")],
+            completion=f"Answer {rid}.", prompt_tokens=3, completion_tokens=2, ttft_ms=1,
+            latency_ms=2, created_ms=1_000,
+        )  # fmt: skip
+        return Rec(TOPIC_INTERACTIONS, event.model_dump_json().encode())
+
+    def judged(rid: str, good: bool) -> list[Rec]:
+        signals = [(FeedbackKind.thumb, 1 if good else -1), (FeedbackKind.rating, 5 if good else 1)]
+        return [
+            Rec(TOPIC_FEEDBACK, FeedbackEvent(
+                event_id=f"{rid}-{i}", response_id=rid, conversation_id="c",
+                user_hash=f"rater{i}", kind=kind, value=value, received_ms=2_000 + i,  # type: ignore[arg-type]
+            ).model_dump_json().encode())
+            for i, (kind, value) in enumerate(signals)
+        ]  # fmt: skip
+
+    good = [answer("good", "v2"), *judged("good", True)]
+    bad = [answer("bad", "v1"), *judged("bad", False)]
+    out = Processor(config(tmp_path, "siblings")).process(good + bad if good_first else bad + good)
+    pairs = [r for r in out if isinstance(r, PreferencePair) and r.provenance == "regenerate"]
+    assert len(pairs) == 1
+    [pair] = pairs
+    assert (pair.chosen_response_id, pair.rejected_response_id) == ("good", "bad")
+    assert pair.adapter == "v1"
 
 
 def test_prompt_hash_unchanged() -> None:
