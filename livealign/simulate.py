@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,10 @@ class Simulator:
         prompt = rng.choice(self.prompts)
         conversation = f"sim-{self.config.seed}-{i}"
         for attempt in range(2):
-            answer, info = await self._chat(http, user, prompt.text, conversation)
+            # Sampling seeded per chat (a regeneration gets its own): runs with the same
+            # seed get the same answers, so modes compare on the same feedback stream.
+            seed = zlib.crc32(f"{self.config.seed}-{i}-{attempt}".encode())
+            answer, info = await self._chat(http, user, prompt.text, conversation, seed)
             stats.chats += 1
             stats.regenerations += attempt
             population = self.config.population
@@ -135,13 +139,14 @@ class Simulator:
                 return
 
     async def _chat(
-        self, http: httpx.AsyncClient, user: SimUser, text: str, conversation: str
+        self, http: httpx.AsyncClient, user: SimUser, text: str, conversation: str, seed: int
     ) -> tuple[str, dict[str, Any]]:
         body = {
             "model": self.config.model,
             "messages": [{"role": "user", "content": text}],
             "max_tokens": self.config.max_tokens,
             "temperature": self.config.temperature,
+            "seed": seed,
             "user": user.user_id,
             "conversation_id": conversation,
         }

@@ -80,6 +80,17 @@ def test_streamed_chat_first_chunk_has_ids_and_text_matches_log(
     assert event["_key"] == "conv-stream-1"
 
 
+def test_a_seed_makes_sampling_repeatable(client: OpenAI) -> None:
+    def answer(seed: int) -> str | None:
+        completion = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=12, temperature=1.0, seed=seed,
+        )  # fmt: skip
+        return completion.choices[0].message.content
+
+    assert answer(7) == answer(7) != answer(8)
+
+
 def test_server_makes_a_conversation_id_when_none_is_given(client: OpenAI) -> None:
     completion = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2

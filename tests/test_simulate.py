@@ -220,6 +220,8 @@ def test_simulator_drives_chat_and_feedback_through_the_api() -> None:
     )
     assert len({e["event_id"] for e in fake.feedback}) == len(fake.feedback)
     assert all(len(c) <= 2 for c in by_conv.values())
+    # Sampling is seeded per chat, a regeneration with a seed of its own.
+    assert len({c["seed"] for c in fake.chats}) == len(fake.chats)
     # The hidden preference shows: the short answers got the copies, the long ones the edits.
     kinds = Counter((e["kind"], e["value"] if e["kind"] == "click" else None,
                      int(e["response_id"].split("-")[1]) % 2) for e in fake.feedback)  # fmt: skip
@@ -228,6 +230,12 @@ def test_simulator_drives_chat_and_feedback_through_the_api() -> None:
     # Calling run again continues the numbering: no conversation id is reused.
     asyncio.run(run())
     assert len({c["conversation_id"] for c in fake.chats}) == 80
+    # The same configuration again asks the same chats with the same seeds.
+    first_run = sorted((c["conversation_id"], c["seed"]) for c in fake.chats[: stats.chats])
+    fake.chats.clear()
+    sim = Simulator(config)
+    asyncio.run(run())
+    assert sorted((c["conversation_id"], c["seed"]) for c in fake.chats) == first_run
 
 
 # ---- one short learning run on the real stack ------------------------------------------------
