@@ -1,8 +1,8 @@
 """Stream-processor throughput against the raw kafka-python consume rate, one run.
 
 Produces N mixed interaction and feedback events (thumbs, ratings, clicks, dwell,
-comments, edits; some duplicates, some feedback before its interaction) to an embedded
-broker, then measures, on the same topics:
+comments, edits; some duplicates, some feedback before its interaction; stamped over
+about 40 minutes of event time) to an embedded broker, then measures, on the same topics:
 (a) raw: a plain ``KafkaConsumer`` reading every record, nothing else;
 (b) end to end: the processor (one instance, one core) consuming as a group, joining,
     cleaning, fusing and writing records to a SQLite store, until every partition's
@@ -73,9 +73,17 @@ def feedback_value(rng: random.Random) -> tuple[FeedbackKind, object]:
     return FeedbackKind.edit, "A corrected answer, rewritten by the user for clarity."
 
 
+# Event time advances this much per interaction: 50k interactions span about 40 minutes
+# (ending now), as a backlog a processor catches up on. Stamped all at once instead, the
+# 2,000 raters would each send dozens of events within seconds and most would be dropped
+# as rate-limited: a cheaper and unrealistic mix.
+MS_PER_INTERACTION = 50
+
+
 def produce(bootstrap: str, n: int, seed: int = 0) -> int:
     """About one interaction per three feedback events; returns records produced."""
     rng = random.Random(seed)
+    start = now_ms() - n // 4 * MS_PER_INTERACTION
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=50, batch_size=256 * 1024,
         compression_type="lz4",
@@ -84,12 +92,13 @@ def produce(bootstrap: str, n: int, seed: int = 0) -> int:
     n_interactions = n // 4
     for i in range(n_interactions):
         conv, rid = f"c{i % 5000}", f"r{i}"
+        t = start + i * MS_PER_INTERACTION
         interaction = InteractionEvent(
             response_id=rid, conversation_id=conv, user_hash=f"u{i % 997}", model="livealign",
             adapter="base", arm="stable",
             messages=[ChatMessage(role="user", content=f"Question number {i % 300}?")],
             completion=f"An answer to question {i % 300}.", prompt_tokens=12,
-            completion_tokens=9, ttft_ms=40, latency_ms=300, created_ms=now_ms(),
+            completion_tokens=9, ttft_ms=40, latency_ms=300, created_ms=t,
         )  # fmt: skip
         events: list[tuple[str, bytes]] = [
             (TOPIC_INTERACTIONS, interaction.model_dump_json().encode())
@@ -99,7 +108,7 @@ def produce(bootstrap: str, n: int, seed: int = 0) -> int:
             fb = FeedbackEvent(
                 event_id=f"e{i}-{j}", response_id=rid, conversation_id=conv,
                 user_hash=f"u{rng.randrange(2000)}", kind=kind, value=value,  # type: ignore[arg-type]
-                received_ms=now_ms(),
+                received_ms=t + rng.randrange(1_000, 120_000),
             )  # fmt: skip
             events.append((TOPIC_FEEDBACK, fb.model_dump_json().encode()))
         if rng.random() < 0.2:  # feedback that arrives before its interaction
