@@ -614,7 +614,10 @@ class Processor:
 
 class _Rebalance(ConsumerRebalanceListener):
     """Logs partition moves; on each, the processor forgets what it remembered (another
-    instance may have written for the partitions it gets)."""
+    instance may have written for the partitions it gets).
+
+    kafka-python 3 calls it on its I/O thread, but only inside a group join that
+    ``poll()`` (or ``close()``) waits for: never while a batch is being processed."""
 
     def __init__(self, on_move: Callable[[], None]) -> None:
         self.on_move = on_move
