@@ -651,24 +651,27 @@ def _signal_json(signal: Signal) -> str:
     return _SIGNAL_ENCODER.encode(signal).decode()
 
 
+def _stored_json(stored: Any) -> str | bytes:
+    """A stored JSON column as JSON text: SQLite's driver hands back text, SQLAlchemy
+    (other databases) the decoded value."""
+    return stored if isinstance(stored, str | bytes) else to_json(stored)
+
+
 def _stored_signal(stored: Any) -> Signal:
-    """A stored signal: JSON text from SQLite's driver, already decoded from other
-    databases."""
-    return _SIGNAL_DECODER.decode(stored) if isinstance(stored, str | bytes) else Signal(**stored)
+    return _SIGNAL_DECODER.decode(_stored_json(stored))
+
+
+def _feedback_event(stored: Any) -> WireFeedback:
+    return decode_feedback(_stored_json(stored))
+
+
+def _interaction_event(stored: Any) -> WireInteraction:
+    return decode_interaction(_stored_json(stored))
 
 
 def _edited(e: WireFeedback) -> str | None:
     """An edit's text (the user's better answer); None for other kinds."""
     return e.value if e.kind is _EDIT and isinstance(e.value, str) else None
-
-
-# A stored event: JSON text from SQLite's driver, already decoded from other databases.
-def _feedback_event(stored: Any) -> WireFeedback:
-    return decode_feedback(stored if isinstance(stored, str | bytes) else to_json(stored))
-
-
-def _interaction_event(stored: Any) -> WireInteraction:
-    return decode_interaction(stored if isinstance(stored, str | bytes) else to_json(stored))
 
 
 def _prompt(event: WireInteraction) -> list[ChatMessage]:
