@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from livealign.prompts import Prompt, load_prompts, split
 from livealign.users import Action, PopulationConfig, SimUser, make_users
+from streaming.kinds import FeedbackKind
 
 
 class SimulationConfig(BaseModel):
@@ -135,7 +136,7 @@ class Simulator:
             )
             actions = user.react(answer, population, rng, attempt == 0, prompt.text)
             await self._feedback(http, info, actions, stats)
-            if Action("click", "regenerate") not in actions:
+            if Action(FeedbackKind.click, "regenerate") not in actions:
                 return
 
     async def _chat(
@@ -164,7 +165,7 @@ class Simulator:
             {
                 "response_id": info["response_id"],
                 "feedback_token": info["feedback_token"],
-                "kind": a.kind,
+                "kind": a.kind.value,
                 "value": a.value,
                 # Stable ids: a retried batch is deduplicated, not counted twice.
                 "event_id": f"{info['response_id']}:{n}",
@@ -182,7 +183,10 @@ class Simulator:
         accepted = len(r.json().get("accepted", []))
         stats.accepted += accepted
         stats.rejected += len(events) - accepted
-        stats.sent.update(a.kind if a.kind != "click" else f"click:{a.value}" for a in actions)
+        stats.sent.update(
+            a.kind.value if a.kind is not FeedbackKind.click else f"click:{a.value}"
+            for a in actions
+        )
 
 
 async def answers(

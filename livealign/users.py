@@ -21,6 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from streaming.kinds import FeedbackKind
+
 Family = Literal["concise", "list", "warm", "avoid_phrase"]
 Adversary = Literal["random", "inverted"]
 FAMILIES: tuple[Family, ...] = ("concise", "list", "warm", "avoid_phrase")
@@ -175,7 +177,7 @@ _COMMENTS: dict[Family, tuple[str, str]] = {
 class Action:
     """One piece of feedback, as the API takes it (`kind`, `value`)."""
 
-    kind: str
+    kind: FeedbackKind
     value: int | float | str
 
 
@@ -206,16 +208,16 @@ class SimUser:
         if pleased < 0.5 and rng.random() < config.edit_rate:
             edited = rewrite(self.family, text, config)
             if edited.strip() != text.strip():
-                actions.append(Action("edit", edited))
+                actions.append(Action(FeedbackKind.edit, edited))
         if rng.random() < config.comment_rate:
             good, bad = _COMMENTS[self.family]
-            actions.append(Action("comment", good if pleased >= 0.5 else bad))
+            actions.append(Action(FeedbackKind.comment, good if pleased >= 0.5 else bad))
         if rng.random() < config.dwell_rate:
-            actions.append(Action("dwell", dwell_ms(pleased, rng)))
+            actions.append(Action(FeedbackKind.dwell, dwell_ms(pleased, rng)))
         if rng.random() < config.copy_rate * pleased:
-            actions.append(Action("click", "copy"))
+            actions.append(Action(FeedbackKind.click, "copy"))
         if can_regenerate and rng.random() < config.regenerate_rate * (1.0 - pleased):
-            actions.append(Action("click", "regenerate"))
+            actions.append(Action(FeedbackKind.click, "regenerate"))
         return actions
 
     def _vote_badly(
@@ -235,8 +237,8 @@ class SimUser:
 
 def _vote(pleased: float, config: PopulationConfig, rng: random.Random) -> Action:
     if rng.random() < config.thumb_share:
-        return Action("thumb", 1 if pleased >= 0.5 else -1)
-    return Action("rating", 1 + round(4 * pleased))
+        return Action(FeedbackKind.thumb, 1 if pleased >= 0.5 else -1)
+    return Action(FeedbackKind.rating, 1 + round(4 * pleased))
 
 
 def dwell_ms(pleased: float, rng: random.Random) -> int:

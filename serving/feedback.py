@@ -24,6 +24,7 @@ from streaming.events import (
     new_id,
     now_ms,
 )
+from streaming.kinds import KIND_NAMES, FeedbackKind
 from streaming.producer import EventProducer
 from streaming.spool import SpoolFull
 
@@ -46,6 +47,12 @@ class FeedbackDesk:
     secret: bytes
     max_batch: int
     delivery_timeout_s: float
+
+    def __post_init__(self) -> None:
+        # Every kind's series exists from the start (at 0), so a rate over it is defined
+        # before the first event of that kind arrives.
+        for kind in FeedbackKind:
+            m.FEEDBACK.labels(kind.value, "accepted")
 
     def parse(self, body: bytes) -> tuple[list[Any], bool]:
         """The raw items and whether the body was a batch; 400/413 for a bad envelope."""
@@ -122,8 +129,10 @@ class FeedbackDesk:
 
 
 def _kind(raw: Any) -> str:
+    """The metric label for an item's kind: a known kind's name, else "unknown" (a
+    stranger's string must not make a new time series)."""
     kind = raw.get("kind") if isinstance(raw, dict) else None
-    return kind if kind in {"thumb", "rating", "edit", "comment", "click", "dwell"} else "unknown"
+    return kind if kind in KIND_NAMES else "unknown"
 
 
 def describe(exc: ValidationError) -> str:

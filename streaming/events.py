@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streaming.kinds import FeedbackKind
 
 SCHEMA_VERSION = 1
 
@@ -64,19 +65,6 @@ class InteractionEvent(BaseModel):
     created_ms: int = Field(description="Server time the request arrived (unix ms).")
 
 
-class FeedbackKind(StrEnum):
-    thumb = "thumb"
-    rating = "rating"
-    edit = "edit"
-    comment = "comment"
-    click = "click"
-    dwell = "dwell"
-
-
-ClickTarget = Literal["copy", "regenerate", "link", "share"]
-MAX_TEXT_CHARS = 32_000
-
-
 class FeedbackIn(BaseModel):
     """What a client sends to ``POST /v1/feedback`` for one response.
 
@@ -104,25 +92,7 @@ class FeedbackIn(BaseModel):
 
 def check_value(kind: FeedbackKind, value: int | float | str) -> None:
     """Raise ValueError naming what is wrong with ``value`` for this ``kind``."""
-    number = (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    )
-    if kind is FeedbackKind.thumb:
-        if number not in (1.0, -1.0):
-            raise ValueError("value: a thumb is +1 or -1")
-    elif kind is FeedbackKind.rating:
-        if number is None or not number.is_integer() or not 1 <= number <= 5:
-            raise ValueError("value: a rating is an integer from 1 to 5")
-    elif kind in (FeedbackKind.edit, FeedbackKind.comment):
-        if not (isinstance(value, str) and value.strip()):
-            raise ValueError(f"value: a {kind.value} is a non-empty string")
-        if len(value) > MAX_TEXT_CHARS:
-            raise ValueError(f"value: a {kind.value} is at most {MAX_TEXT_CHARS} characters")
-    elif kind is FeedbackKind.click:
-        if value not in ("copy", "regenerate", "link", "share"):
-            raise ValueError("value: a click is one of copy, regenerate, link, share")
-    elif kind is FeedbackKind.dwell and (number is None or not 0 <= number <= 86_400_000):
-        raise ValueError("value: dwell is milliseconds visible, from 0 to 86400000")
+    kind.spec.check(value)
 
 
 class FeedbackEvent(BaseModel):

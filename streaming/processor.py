@@ -38,16 +38,17 @@ from typing import Any, TypeVar
 
 import msgspec
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import to_json
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection
 
 from monitoring import metrics as m
+from streaming import records as rules
 from streaming import store as s
+from streaming.checkpoint import Checkpoint
 from streaming.events import (
     TOPIC_FEEDBACK,
     TOPIC_INTERACTIONS,
-    TOPIC_PREFERENCES,
     ChatMessage,
     FeedbackKind,
     PreferenceLabel,
@@ -60,10 +61,10 @@ from streaming.events import (
     now_ms,
 )
 from streaming.fusion import Fuser, FusionConfig, Signal, signal_from_event
+from streaming.records import Record, RecordConfig, Scored
 from streaming.store import PreferenceStore
 
 log = logging.getLogger(__name__)
-Record = PreferencePair | PreferenceLabel
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -73,7 +74,6 @@ class ProcessorConfig(BaseModel):
     group_id: str = "livealign-processor"
     store_url: str = Field("sqlite:///var/preferences.sqlite", description="SQLAlchemy URL.")
     grace_s: float = Field(300.0, description="How long feedback waits for its interaction.")
-    pair_margin: float = Field(0.5, description="Fused-score gap that makes siblings a pair.")
     settle_s: float = Field(
         120.0,
         description="A response's feedback window: after it, its signals calibrate the "
@@ -94,6 +94,7 @@ class ProcessorConfig(BaseModel):
         description="Conversations whose labels are kept in memory. Only speed depends on it.",
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    records: RecordConfig = Field(default_factory=RecordConfig)
 
 
 def prompt_hash(messages: Sequence[ChatMessage | WireMessage]) -> str:
@@ -104,10 +105,6 @@ def prompt_hash(messages: Sequence[ChatMessage | WireMessage]) -> str:
         for msg in messages
     )
     return hashlib.sha256(f"[{text}]".encode()).hexdigest()[:32]
-
-
-def pair_id(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass(slots=True)
@@ -135,16 +132,6 @@ class Joined:
     event_id: str
     signal: Signal
     edited: str | None
-
-
-@dataclasses.dataclass(slots=True)
-class Scored:
-    """A stored label, as sibling pairs need it."""
-
-    score: float
-    confidence: float
-    completion: str
-    adapter: str
 
 
 # A conversation's stored labels: prompt hash -> response id -> label.
@@ -228,24 +215,19 @@ class Processor:
             linger_ms=20,
             request_timeout_ms=self.config.request_timeout_ms,
         )
+        checkpoint = Checkpoint(consumer, producer, self.config.request_timeout_ms / 1000)
         log.info("processor %s consuming %s", self.config.group_id, self.config.bootstrap_servers)
         try:
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.config.max_poll_records)
                 records = [r for batch in polled.values() for r in batch]
                 if records:
-                    out = self.process(records)
-                    for rec in out:
-                        producer.send(
-                            TOPIC_PREFERENCES, key=_key(rec), value=rec.model_dump_json().encode()
-                        )
-                    producer.flush(timeout=self.config.request_timeout_ms / 1000)
-                    consumer.commit()  # only after the store write and the publish
+                    out = self.process(records)  # the store transaction has committed
+                    checkpoint.commit(out)  # then publish, flush, offsets
                     self._report_lag(consumer, polled)
                 self.housekeeping()
         finally:
-            consumer.close()
-            producer.close(timeout=5)
+            checkpoint.close()
 
     def _consumer(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
@@ -263,7 +245,8 @@ class Processor:
         return consumer
 
     def _report_lag(self, consumer: KafkaConsumer, polled: dict[TopicPartition, Any]) -> None:
-        # Tansu's end_offsets is wrong; highwater() after a fetch is right (ARCHITECTURE.md).
+        # Lag from highwater() after a fetch: some brokers (Tansu, the embedded one) answer
+        # end_offsets wrongly, and the fetch response carries the high watermark anyway.
         for tp, batch in polled.items():
             high = consumer.highwater(tp)
             if high is not None and batch:
@@ -309,26 +292,23 @@ class Processor:
 
     def store_interactions(self, tx: Connection, batch: Batch) -> None:
         latest = {e.response_id: (e, text) for e, text in batch.interactions}
-        stored = self.store.existing_ids(tx, s.interactions, latest)
+        stored = self.store.new_interactions(tx, latest)
         rows: list[s.Row] = []
         remember, no_signals = self._interactions.put, self._joined.put
         for rid, (e, text) in latest.items():
             if rid in stored:
                 continue  # a replay or a duplicate: the stored one stays
             digest = prompt_hash(e.messages)
-            rows.append(
-                (rid, e.conversation_id, digest, e.user_hash, e.adapter, e.arm, e.created_ms,
-                 text, False)
-            )  # fmt: skip
+            rows.append(s.interaction_row(e, text, digest))
             remember(rid, Known(e, digest))
             no_signals(rid, [])  # nothing joins a response before it is stored
-        self.store.write(tx, s.interactions, rows, replace=False)
+        self.store.add_interactions(tx, rows)
 
     def clean(self, tx: Connection, batch: Batch) -> list[tuple[WireFeedback, str]]:
         """Drop duplicates (also across restarts: the store remembers every event id) and
         rate-limited raters. Dropped events are stored too, so a replay drops them again."""
         events = batch.feedback
-        seen = self.store.existing_ids(tx, s.feedback, {e.event_id for e, _ in events})
+        seen = self.store.known_events(tx, {e.event_id for e, _ in events})
         fresh: list[tuple[WireFeedback, str]] = []
         dropped: list[s.Row] = []
         duplicates = 0
@@ -341,10 +321,10 @@ class Processor:
             if allow(e.user_hash, e.client_ts or e.received_ms):
                 fresh.append((e, text))
             else:
-                dropped.append(_feedback_row(e, text, "dropped", "rate_limited", None))
+                dropped.append(s.feedback_row(e, text, "dropped", "rate_limited", None))
         _count(m.PROC_DROPS, "duplicate", duplicates)
         _count(m.PROC_DROPS, "rate_limited", len(dropped))
-        self.store.write(tx, s.feedback, dropped, replace=False)
+        self.store.add_feedback(tx, dropped)
         return fresh
 
     def join(self, tx: Connection, fresh: list[tuple[WireFeedback, str]], batch: Batch) -> set[str]:
@@ -388,41 +368,40 @@ class Processor:
                      "signal": signal_json}
                 )  # fmt: skip
             else:
-                inserts.append(_feedback_row(e, text, status, reason, signal_json))
+                inserts.append(s.feedback_row(e, text, status, reason, signal_json))
         _count(m.PROC_DROPS, "uninterpretable", uninterpretable)
         if joins:
             m.PROC_JOINS.inc(joins)
-        self.store.write(tx, s.feedback, inserts, replace=False)
+        self.store.add_feedback(tx, inserts)
         self.store.set_feedback(tx, updates)
         return touched
 
     def emit(self, tx: Connection, touched: set[str]) -> list[Record]:
-        """Fuse every touched response; upsert its label and any pairs it now makes."""
+        """Fuse every touched response; upsert its label and any pairs it now makes
+        (the rules are ``streaming.records``)."""
         if not touched:
             return []
         known = self._stored_interactions(tx, touched)
         joined = self._joined_signals(tx, touched)
-        out: list[Record] = []
+        config, fuse, trust = self.config.records, self.fuser.fuse, self.fuser.rater_weight
+        labels: list[PreferenceLabel] = []
+        pairs: list[PreferencePair] = []
         for rid in touched:
             event = known[rid].event
-            fused = self.fuser.fuse(event, [j.signal for j in joined[rid]])
-            if fused.confidence >= self.config.fusion.min_confidence and abs(fused.score) > 0.05:
-                out.append(
-                    PreferenceLabel(
-                        response_id=rid, prompt=_prompt(event), completion=event.completion,
-                        desirable=fused.score > 0, weight=fused.confidence * abs(fused.score),
-                        score=fused.score, confidence=fused.confidence,
-                        scenario=fused.scenario, adapter=event.adapter,
-                        n_signals=fused.n_signals,
-                    )
-                )  # fmt: skip
-        out += self._edit_pairs(known, joined, touched)
-        labels = [r for r in out if isinstance(r, PreferenceLabel)]
+            signals = joined[rid]
+            if made := rules.label(rid, event, fuse(event, [j.signal for j in signals]), config):
+                labels.append(made)
+            edits = [
+                (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater))
+                for j in signals
+                if j.edited is not None
+            ]
+            pairs += rules.edit_pairs(rid, event, edits)
         updated = now_ms()
-        self.store.write(tx, s.labels, [_label_row(r, updated) for r in labels], replace=True)
-        out += self._sibling_pairs(tx, known, labels)
-        pairs = [r for r in out if isinstance(r, PreferencePair)]
-        self.store.write(tx, s.pairs, [_pair_row(p, updated) for p in pairs], replace=True)
+        self.store.upsert_labels(tx, [s.label_row(r, updated) for r in labels])
+        pairs += self._sibling_pairs(tx, known, labels)
+        self.store.upsert_pairs(tx, [s.pair_row(p, updated) for p in pairs])
+        out: list[Record] = [*labels, *pairs]
         written = Counter(
             ("label", "fused") if isinstance(rec, PreferenceLabel) else ("pair", rec.provenance)
             for rec in out
@@ -431,70 +410,33 @@ class Processor:
             m.PROC_RECORDS.labels(kind, provenance).inc(n)
         return out
 
-    def _edit_pairs(
-        self, known: dict[str, Known], joined: dict[str, list[Joined]], touched: set[str]
-    ) -> list[Record]:
-        """An edit is the user's own better answer: (edited > original)."""
-        out: list[Record] = []
-        for rid in touched:
-            event = known[rid].event
-            for j in joined[rid]:
-                if j.edited is None:
-                    continue  # not an edit
-                weight = j.signal.strength * self.fuser.rater_weight(j.signal.rater)
-                if weight <= 0 or j.edited == event.completion:
-                    continue
-                out.append(
-                    PreferencePair(
-                        pair_id=pair_id("edit", j.event_id), prompt=_prompt(event),
-                        chosen=j.edited, rejected=event.completion, weight=weight,
-                        provenance="edit", chosen_response_id=None, rejected_response_id=rid,
-                        adapter=event.adapter,
-                    )
-                )  # fmt: skip
-        return out
-
     def _sibling_pairs(
         self, tx: Connection, known: dict[str, Known], labels: list[PreferenceLabel]
-    ) -> list[Record]:
-        """Regenerated answers to the same prompt in one conversation, clearly scored
-        apart, make a pair (the better one chosen). Call after the labels were written."""
+    ) -> list[PreferencePair]:
+        """Pairs of the just-labelled responses with their regenerated siblings. Call after
+        the labels were written."""
         groups = self._conversation_labels(tx, known, labels)
         # By pair id: two siblings labelled in one batch find each other twice.
-        out: dict[str, Record] = {}
+        out: dict[str, PreferencePair] = {}
         for label in labels:
             mine = known[label.response_id]
             siblings = groups[mine.event.conversation_id].get(mine.prompt_hash, {})
-            for sib_id, sib in siblings.items():
-                gap = label.score - sib.score
-                if sib_id == label.response_id or abs(gap) < self.config.pair_margin:
-                    continue
-                ours = (label.response_id, label.completion, label.adapter)
-                theirs = (sib_id, sib.completion, sib.adapter)
-                (best, chosen, _), (worst, rejected, adapter) = (
-                    (ours, theirs) if gap > 0 else (theirs, ours)
-                )
-                key = pair_id("regenerate", *sorted((best, worst)))
-                out[key] = PreferencePair(
-                    pair_id=key, prompt=label.prompt, chosen=chosen, rejected=rejected,
-                    weight=min(label.confidence, sib.confidence) * abs(gap) / 2,
-                    provenance="regenerate", chosen_response_id=best,
-                    rejected_response_id=worst, adapter=adapter,
-                )  # fmt: skip
+            for pair in rules.sibling_pairs(label, siblings, self.config.records):
+                out[pair.pair_id] = pair
         return list(out.values())
 
     # --- what the store holds, remembered ------------------------------------------------
     def _held(self, tx: Connection, rids: Iterable[str]) -> list[WireFeedback]:
         """Stored feedback for these responses still waiting for them (pending or
         orphaned), in the order stored. They are about to join: no longer remembered."""
-        rows = self.store.select_in(tx, s.feedback, ("event_id", "status"), "response_id", rids)
+        rows = self.store.feedback_status(tx, rids)
         events = {
             event_id: self._pending.pop(event_id, None)
             for event_id, status in rows
             if status in _HELD
         }
         misses = [event_id for event_id, event in events.items() if event is None]
-        rows = self.store.select_in(tx, s.feedback, ("event_id", "event"), "event_id", misses)
+        rows = self.store.feedback_events(tx, misses)
         for event_id, event in rows:
             events[event_id] = _feedback_event(event)
         return [e for e in events.values() if e is not None]
@@ -509,10 +451,7 @@ class Processor:
                 misses.append(rid)
             else:
                 out[rid] = known
-        columns = ("response_id", "prompt_hash", "event")
-        for rid, digest, event in self.store.select_in(
-            tx, s.interactions, columns, "response_id", misses
-        ):
+        for rid, digest, event in self.store.interactions_of(tx, misses):
             out[rid] = Known(_interaction_event(event), digest)
             self._interactions.put(rid, out[rid])
         return out
@@ -528,10 +467,7 @@ class Processor:
                 out[rid] = []
             else:
                 out[rid] = joined
-        columns = ("response_id", "event_id", "status", "kind", "signal", "event")
-        for rid, event_id, status, kind, signal, event in self.store.select_in(
-            tx, s.feedback, columns, "response_id", misses
-        ):
+        for rid, event_id, status, kind, signal, event in self.store.feedback_of(tx, misses):
             if status == "joined":
                 edited = _edited(_feedback_event(event)) if kind == "edit" else None
                 out[rid].append(Joined(event_id, _stored_signal(signal), edited))
@@ -579,37 +515,21 @@ class Processor:
     def expire_orphans(self, tx: Connection, cutoff_ms: int) -> None:
         """Feedback whose interaction never came within the grace period: counted, kept
         (it still joins if the interaction turns up later)."""
-        n = tx.execute(
-            update(s.feedback)
-            .where(and_(s.PENDING, s.feedback.c.received_ms < cutoff_ms))
-            .values(status="orphaned")
-        ).rowcount
+        n = self.store.mark_orphans(tx, cutoff_ms)
         if n:
             m.PROC_ORPHANS.inc(n)
             log.info("%d feedback events orphaned (grace %.0fs)", n, self.config.grace_s)
 
     def calibrate_settled(self, tx: Connection, cutoff_ms: int, limit: int = 5000) -> None:
-        settled = list(
-            tx.scalars(
-                select(s.interactions.c.response_id)
-                .where(and_(~s.interactions.c.calibrated, s.interactions.c.created_ms < cutoff_ms))
-                .limit(limit)
-            )
-        )
+        settled = self.store.settled(tx, cutoff_ms, limit)
         if not settled:
             return
         signals: dict[str, list[Signal]] = defaultdict(list)
-        for r in self.store.rows(tx, s.feedback, "response_id", settled):
-            if r["status"] == "joined":
-                signals[r["response_id"]].append(_stored_signal(r["signal"]))
+        for rid, signal in self.store.joined_signals(tx, settled):
+            signals[rid].append(_stored_signal(signal))
         for rid in settled:
             self.fuser.calibrate(signals[rid])
-        for i in range(0, len(settled), 500):
-            tx.execute(
-                update(s.interactions)
-                .where(s.interactions.c.response_id.in_(settled[i : i + 500]))
-                .values(calibrated=True)
-            )
+        self.store.mark_calibrated(tx, settled)
         self._save_fuser(tx)
 
 
@@ -634,8 +554,6 @@ class _Rebalance(ConsumerRebalanceListener):
 
 _HELD = ("pending", "orphaned")
 _EDIT = FeedbackKind.edit  # a module constant: Enum attribute lookups are slow
-_KIND = {kind: kind.value for kind in FeedbackKind}  # so is .value
-_MESSAGES = TypeAdapter(list[ChatMessage])
 # msgspec reads and writes the Signal dataclass directly: 2-10x faster than a dict
 # through pydantic-core or json, and the hot path does it for every joined event.
 _SIGNAL_ENCODER = msgspec.json.Encoder()
@@ -672,40 +590,3 @@ def _interaction_event(stored: Any) -> WireInteraction:
 def _edited(e: WireFeedback) -> str | None:
     """An edit's text (the user's better answer); None for other kinds."""
     return e.value if e.kind is _EDIT and isinstance(e.value, str) else None
-
-
-def _prompt(event: WireInteraction) -> list[ChatMessage]:
-    """The interaction's messages as the records carry them."""
-    return [ChatMessage(role=m.role, content=m.content) for m in event.messages]
-
-
-def _key(rec: Record) -> bytes:
-    return (rec.pair_id if isinstance(rec, PreferencePair) else rec.response_id).encode()
-
-
-def _messages_json(messages: list[ChatMessage]) -> str:
-    return _MESSAGES.dump_json(messages).decode()
-
-
-# Rows in the tables' column order (see streaming/store.py), JSON columns as JSON text.
-def _feedback_row(
-    e: WireFeedback, json_text: str, status: str, reason: str | None, signal: str | None
-) -> s.Row:
-    return (
-        e.event_id, e.response_id, e.user_hash, _KIND[e.kind], e.received_ms, status, reason,
-        signal, json_text,
-    )  # fmt: skip
-
-
-def _label_row(r: PreferenceLabel, updated_ms: int) -> s.Row:
-    return (
-        r.response_id, _messages_json(r.prompt), r.completion, r.desirable, r.weight, r.score,
-        r.confidence, r.scenario, r.adapter, r.n_signals, updated_ms,
-    )  # fmt: skip
-
-
-def _pair_row(p: PreferencePair, updated_ms: int) -> s.Row:
-    return (
-        p.pair_id, _messages_json(p.prompt), p.chosen, p.rejected, p.weight, p.provenance,
-        p.chosen_response_id, p.rejected_response_id, p.adapter, updated_ms,
-    )  # fmt: skip

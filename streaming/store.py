@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic import TypeAdapter
 from pydantic_core import to_json
 from sqlalchemy import (
     JSON,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
     create_engine,
     delete,
@@ -39,6 +41,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+
+from streaming.events import (
+    ChatMessage,
+    FeedbackKind,
+    PreferenceLabel,
+    PreferencePair,
+    WireFeedback,
+    WireInteraction,
+)
 
 meta = MetaData()
 
@@ -350,23 +361,6 @@ class PreferenceStore:
             out.extend(tuple(r) for r in conn.execute(stmt))
         return out
 
-    def rows(
-        self,
-        conn: Connection,
-        table: Table,
-        column: str,
-        values: Iterable[str],
-        columns: Iterable[str] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Rows whose ``column`` is in ``values`` (only ``columns``, if given)."""
-        values = list(values)
-        cols = [table.c[c] for c in columns] if columns else [table]
-        out: list[dict[str, Any]] = []
-        for i in range(0, len(values), 500):
-            stmt = select(*cols).where(table.c[column].in_(values[i : i + 500]))
-            out.extend(dict(r._mapping) for r in conn.execute(stmt))
-        return out
-
     def load_state(self, key: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             value = conn.scalar(select(state.c.value).where(state.c.key == key))
@@ -380,8 +374,149 @@ class PreferenceStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(table))]
 
+    # --- the processor's questions and writes -------------------------------------------
+    def new_interactions(self, conn: Connection, response_ids: Iterable[str]) -> set[str]:
+        """Those of ``response_ids`` already stored (a replay or a duplicate)."""
+        return self.existing_ids(conn, interactions, response_ids)
+
+    def known_events(self, conn: Connection, event_ids: Iterable[str]) -> set[str]:
+        """Those of ``event_ids`` already stored, whatever became of them."""
+        return self.existing_ids(conn, feedback, event_ids)
+
+    def add_interactions(self, conn: Connection, rows: Sequence[Row]) -> None:
+        """Store interactions (``interaction_row``); one already stored stays as it is."""
+        self.write(conn, interactions, rows, replace=False)
+
+    def add_feedback(self, conn: Connection, rows: Sequence[Row]) -> None:
+        """Store feedback events (``feedback_row``); one already stored stays as it is."""
+        self.write(conn, feedback, rows, replace=False)
+
+    def upsert_labels(self, conn: Connection, rows: Sequence[Row]) -> None:
+        self.write(conn, labels, rows, replace=True)
+
+    def upsert_pairs(self, conn: Connection, rows: Sequence[Row]) -> None:
+        self.write(conn, pairs, rows, replace=True)
+
+    def interactions_of(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
+        """(response_id, prompt_hash, event JSON) of the stored interactions among these."""
+        columns = ("response_id", "prompt_hash", "event")
+        return self.select_in(conn, interactions, columns, "response_id", response_ids)
+
+    def feedback_status(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
+        """(event_id, status) of every stored feedback event about these responses, in
+        the order stored."""
+        return self.select_in(conn, feedback, ("event_id", "status"), "response_id", response_ids)
+
+    def feedback_events(self, conn: Connection, event_ids: Iterable[str]) -> list[Row]:
+        """(event_id, event JSON) of these stored feedback events."""
+        return self.select_in(conn, feedback, ("event_id", "event"), "event_id", event_ids)
+
+    def feedback_of(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
+        """(response_id, event_id, status, kind, signal JSON, event JSON) of every stored
+        feedback event about these responses, in the order stored."""
+        columns = ("response_id", "event_id", "status", "kind", "signal", "event")
+        return self.select_in(conn, feedback, columns, "response_id", response_ids)
+
+    def mark_orphans(self, conn: Connection, received_before_ms: int) -> int:
+        """Pending feedback received before the cutoff becomes orphaned; returns how many."""
+        stmt = (
+            update(feedback)
+            .where(and_(PENDING, feedback.c.received_ms < received_before_ms))
+            .values(status="orphaned")
+        )
+        return int(conn.execute(stmt).rowcount)
+
+    def settled(self, conn: Connection, created_before_ms: int, limit: int) -> list[str]:
+        """Response ids, created before the cutoff, that have not calibrated the fuser yet."""
+        stmt = (
+            select(interactions.c.response_id)
+            .where(and_(~interactions.c.calibrated, interactions.c.created_ms < created_before_ms))
+            .limit(limit)
+        )
+        return list(conn.scalars(stmt))
+
+    def joined_signals(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
+        """(response_id, signal JSON) of every joined feedback event about these."""
+        rows = self.select_in(conn, feedback, ("response_id", "status", "signal"), "response_id",
+                              response_ids)  # fmt: skip
+        return [(rid, signal) for rid, status, signal in rows if status == "joined"]
+
+    def mark_calibrated(self, conn: Connection, response_ids: list[str]) -> None:
+        for i in range(0, len(response_ids), CHUNK):
+            conn.execute(
+                update(interactions)
+                .where(interactions.c.response_id.in_(response_ids[i : i + CHUNK]))
+                .values(calibrated=True)
+            )
+
+    # --- the trainer's questions ----------------------------------------------------------
+    def records_since(
+        self, since_ms: int, limit: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The newest ``limit`` pairs and labels written after ``since_ms`` (newest first),
+        as dicts of the records' fields."""
+        out: list[list[dict[str, Any]]] = []
+        with self.engine.connect() as conn:
+            for table in (pairs, labels):
+                stmt = (
+                    select(table).where(table.c.updated_ms > since_ms)
+                    .order_by(table.c.updated_ms.desc()).limit(limit)
+                )  # fmt: skip
+                out.append(
+                    [{k: v for k, v in r._mapping.items() if k != "updated_ms"}
+                     for r in conn.execute(stmt)]
+                )  # fmt: skip
+        return out[0], out[1]
+
+    def count_records_since(self, since_ms: int) -> int:
+        """Pairs and labels written after ``since_ms``, counted in the database."""
+        with self.engine.connect() as conn:
+            return sum(
+                int(conn.scalar(select(func.count()).where(t.c.updated_ms > since_ms)) or 0)
+                for t in (pairs, labels)
+            )
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+# --- rows for ``write``, in the tables' column order, JSON columns as JSON text ------------
+_MESSAGES = TypeAdapter(list[ChatMessage])
+_KIND = {kind: kind.value for kind in FeedbackKind}  # Enum .value is slow in a hot loop
+
+
+def interaction_row(e: WireInteraction, json_text: str, prompt_hash: str) -> Row:
+    return (
+        e.response_id, e.conversation_id, prompt_hash, e.user_hash, e.adapter, e.arm,
+        e.created_ms, json_text, False,
+    )  # fmt: skip
+
+
+def feedback_row(
+    e: WireFeedback, json_text: str, status: str, reason: str | None, signal: str | None
+) -> Row:
+    return (
+        e.event_id, e.response_id, e.user_hash, _KIND[e.kind], e.received_ms, status, reason,
+        signal, json_text,
+    )  # fmt: skip
+
+
+def label_row(r: PreferenceLabel, updated_ms: int) -> Row:
+    return (
+        r.response_id, _messages_json(r.prompt), r.completion, r.desirable, r.weight, r.score,
+        r.confidence, r.scenario, r.adapter, r.n_signals, updated_ms,
+    )  # fmt: skip
+
+
+def pair_row(p: PreferencePair, updated_ms: int) -> Row:
+    return (
+        p.pair_id, _messages_json(p.prompt), p.chosen, p.rejected, p.weight, p.provenance,
+        p.chosen_response_id, p.rejected_response_id, p.adapter, updated_ms,
+    )  # fmt: skip
+
+
+def _messages_json(messages: list[ChatMessage]) -> str:
+    return _MESSAGES.dump_json(messages).decode()
 
 
 def _q(name: str) -> str:

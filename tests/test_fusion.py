@@ -14,9 +14,9 @@ from streaming.fusion import (
     Fused,
     Fuser,
     FusionConfig,
+    ScenarioDetector,
     Signal,
     comment_labels,
-    detect_scenario,
     signal_from_event,
 )
 
@@ -153,7 +153,7 @@ def test_comments_become_structured_labels() -> None:
 # ---------------------------------------------------------------- scenarios
 
 
-def test_detect_scenario() -> None:
+def test_scenario_detection() -> None:
     cfg = FusionConfig()
     cases = {
         "What dosage of ibuprofen is safe for a child?": "safety",
@@ -166,12 +166,13 @@ def test_detect_scenario() -> None:
         "Summarize the characteristics of REST APIs": "general",
     }
     for prompt, scenario in cases.items():
-        assert detect_scenario(interaction(prompt), cfg) == scenario, prompt
+        assert ScenarioDetector(cfg).detect(interaction(prompt)) == scenario, prompt
     # The system prompt does not count: a disclaimer does not make every chat medical.
     i = interaction("How do I reverse a list?", system="Never give medical or legal advice.")
-    assert detect_scenario(i, cfg) == "general"
+    assert ScenarioDetector(cfg).detect(i) == "general"
     custom = FusionConfig(safety_keywords=["python"], open_domain_keywords=[])
-    assert detect_scenario(interaction("How do I reverse a list in Python?"), custom) == "safety"
+    python = interaction("How do I reverse a list in Python?")
+    assert ScenarioDetector(custom).detect(python) == "safety"
 
 
 def test_scenario_priors_shift_weight_between_explicit_and_implicit() -> None:
@@ -315,7 +316,7 @@ def test_idle_raters_are_forgotten() -> None:
     for k in range(1000):
         assert fuser.allow(f"r{k}", 1_000)
     assert fuser.allow("late", 200_000)
-    assert list(fuser._windows) == ["late"]  # rate-limit windows of idle raters dropped
+    assert len(fuser.limiter) == 1  # only "late": idle raters' windows were dropped
     for k in range(20):
         fuser.observe(thumb(1.0, f"r{k}"))
     kept = [rater for rater, _ in fuser.state_dict()["raters"]]

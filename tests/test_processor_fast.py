@@ -31,7 +31,8 @@ from streaming.events import (
     decode_interaction,
 )
 from streaming.fusion import FusionConfig
-from streaming.processor import Processor, ProcessorConfig, Record, prompt_hash
+from streaming.processor import Processor, ProcessorConfig, prompt_hash
+from streaming.records import Record, RecordConfig
 from streaming.store import PreferenceStore
 
 
@@ -100,7 +101,7 @@ def config(tmp_path: Path, name: str, cache: int = 50_000) -> ProcessorConfig:
         store_url=f"sqlite:///{tmp_path / name}.sqlite",
         cache_responses=cache,
         cache_conversations=cache,
-        pair_margin=0.3,
+        records=RecordConfig(pair_margin=0.3),
         # Rate-limit windows are not saved: a restart would let through what one
         # process drops. Not what these tests are about.
         fusion=FusionConfig(rater_rate_limit_per_min=10_000),

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 
 from monitoring import metrics as m
-from streaming import store as s
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, now_ms
 from streaming.store import PreferenceStore
 from trainer.gate import GateConfig, evaluate
@@ -94,28 +92,15 @@ class Trainer:
         return self.registry.get(stable).data_window.to_ms if stable else 0
 
     def records(self, since_ms: int) -> tuple[list[PreferencePair], list[PreferenceLabel]]:
-        limit = self.config.max_records
-        with self.store.engine.connect() as conn:
-            pair_rows = conn.execute(
-                select(s.pairs).where(s.pairs.c.updated_ms > since_ms)
-                .order_by(s.pairs.c.updated_ms.desc()).limit(limit)
-            ).all()  # fmt: skip
-            label_rows = conn.execute(
-                select(s.labels).where(s.labels.c.updated_ms > since_ms)
-                .order_by(s.labels.c.updated_ms.desc()).limit(limit)
-            ).all()  # fmt: skip
-        pairs = [PreferencePair.model_validate(_row(r, "updated_ms")) for r in pair_rows]
-        labels = [PreferenceLabel.model_validate(_row(r, "updated_ms")) for r in label_rows]
+        """The newest ``max_records`` pairs and labels written after ``since_ms``."""
+        pair_rows, label_rows = self.store.records_since(since_ms, self.config.max_records)
+        pairs = [PreferencePair.model_validate(r) for r in pair_rows]
+        labels = [PreferenceLabel.model_validate(r) for r in label_rows]
         return pairs, labels
 
     def new_records(self) -> int:
         """Counted in the store (the actor asks every few seconds: nothing is loaded)."""
-        since = self.window_start()
-        with self.store.engine.connect() as conn:
-            return sum(
-                int(conn.scalar(select(func.count()).where(t.c.updated_ms > since)) or 0)
-                for t in (s.pairs, s.labels)
-            )
+        return self.store.count_records_since(self.window_start())
 
     # --- the round ---------------------------------------------------------------------
     def run_round(self) -> RoundReport:
@@ -237,10 +222,6 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(asdict(report)) + "\n")
-
-
-def _row(row: Any, *drop: str) -> dict[str, Any]:
-    return {k: v for k, v in row._mapping.items() if k not in drop}
 
 
 def _prompts(

@@ -1,0 +1,259 @@
+"""``FusionConfig``: every knob of signal cleaning, rater normalization, calibration and
+fusion, grouped by what it controls. The signal weights' defaults come from the table of
+feedback kinds (``streaming.kinds``), and a config must weigh every signal of it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streaming.kinds import FeedbackKind, signals
+
+Scenario = Literal["safety", "open_domain", "general"]
+SCENARIOS: tuple[Scenario, ...] = ("safety", "open_domain", "general")
+
+DEFAULT_SAFETY_KEYWORDS = [
+    # health
+    "medic*", "doctor*", "diagnos*", "symptom*", "dose", "doses", "dosage*", "overdos*",
+    "prescri*", "pregnan*", "disease*", "cancer", "infection*", "vaccin*", "antibiotic*",
+    "chest pain", "allerg*",
+    # self-harm and mental health crises
+    "suicid*", "self-harm", "kill myself", "hurt myself", "end my life",
+    "want to die", "eating disorder", "anorexi*", "bulimi*", "depress*",
+    # legal
+    "legal", "illegal", "lawyer*", "attorney*", "lawsuit*", "sue", "sued", "court",
+    "contract", "contracts", "custody", "divorce", "immigration", "visa", "arrest*", "evict*",
+    # weapons, violence, drugs
+    "weapon*", "gun", "guns", "firearm*", "rifle*", "bomb*", "explosive*", "poison*",
+    "drug", "drugs", "cocaine", "heroin", "fentanyl", "opioid*", "meth", "abuse*",
+    "violen*", "malware",
+    # money
+    "financ*", "invest*", "stock", "stocks", "crypto*", "bitcoin", "loan*", "mortgage*",
+    "taxes", "tax return", "retirement", "debt*", "bankrupt*", "insurance",
+]  # fmt: skip
+
+DEFAULT_OPEN_DOMAIN_KEYWORDS = [
+    "story", "stories", "poem*", "poetry", "haiku*", "limerick*", "joke*", "funny",
+    "riddle*", "chat", "chit-chat", "lyrics", "song*", "rap", "fiction*", "fantasy",
+    "roleplay", "role-play", "pretend", "imagine", "brainstorm*", "fun fact*",
+    "how are you", "what's up", "tell me about yourself", "favorite", "favourite",
+    "creative", "character", "characters", "game", "games", "movie*",
+]  # fmt: skip
+
+
+def _default_weights(explicit: bool) -> dict[str, float]:
+    return {name: spec.weight for name, spec in signals(explicit).items()}
+
+
+def _default_click_values() -> dict[str, float]:
+    return {name: float(t.value or 0.0) for name, t in FeedbackKind.click.spec.targets.items()}
+
+
+class FusionConfig(BaseModel):
+    """Knobs of signal cleaning, rater normalization, calibration and fusion.
+
+    > Which signals count, and by scenario
+
+    mode, safety_keywords, open_domain_keywords, scenario_explicit_share
+
+    > Signal weights (every signal of ``streaming.kinds`` needs one)
+
+    explicit_weights, implicit_prior_weights, mixing_evidence_scale,
+    confidence_evidence_scale
+
+    > Reading each kind's value
+
+    click_values, dwell_half_point_ms, dwell_full_factor, edit_full_change,
+    edit_no_context_value, edit_no_context_strength, comment_max_chars
+
+    > Raters: rate limit, normalization, trust
+
+    rater_rate_limit_per_min, rater_prior_n, rater_memory, rater_prior_agreement,
+    rater_agreement_prior_n, extreme_rater_floor, consensus_min_evidence, max_raters
+
+    > Calibration of implicit signals against explicit labels
+
+    calibration_label_saturation, calibration_lr, calibration_prior_n, calibration_lcb_z
+    """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error, not a no-op
+
+    # --- which signals count, and by scenario ----------------------------------------------
+    mode: Literal["explicit", "implicit", "fused"] = Field(
+        "fused",
+        description="Which signals make the score: only explicit, only implicit, or both mixed "
+        "by the scenario's explicit share.",
+    )
+    safety_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SAFETY_KEYWORDS),
+        description="Words or phrases in the user's messages that mark a safety-sensitive "
+        "conversation (health, self-harm, legal, weapons, drugs, money). Matched "
+        "case-insensitively on word boundaries; a trailing '*' matches any word ending.",
+    )
+    open_domain_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OPEN_DOMAIN_KEYWORDS),
+        description="Words or phrases that mark chit-chat or creative requests (same syntax). "
+        "Safety keywords win when both match.",
+    )
+    scenario_explicit_share: dict[str, float] = Field(
+        default_factory=lambda: {"safety": 0.85, "general": 0.65, "open_domain": 0.45},
+        description="Prior share of the score given to explicit signals (the rest to implicit), "
+        "per scenario. Needs every scenario, each in [0, 1]. A signal's weight in a scenario "
+        "is this share (or the rest) times its weight below.",
+    )
+
+    # --- signal weights ----------------------------------------------------------------------
+    explicit_weights: dict[str, float] = Field(
+        default_factory=lambda: _default_weights(explicit=True),
+        description="Fixed weight of each explicit signal inside the explicit part.",
+    )
+    implicit_prior_weights: dict[str, float] = Field(
+        default_factory=lambda: _default_weights(explicit=False),
+        description="Starting weight of each implicit signal before calibration has evidence.",
+    )
+    mixing_evidence_scale: float = Field(
+        0.5,
+        gt=0,
+        description="Evidence weight at which a part (explicit or implicit) gets 63% of its "
+        "scenario share; a part with little evidence gives up its share to the other.",
+    )
+    confidence_evidence_scale: float = Field(
+        1.0,
+        gt=0,
+        description="Total evidence weight at which confidence (before the agreement factor) "
+        "reaches 63%; one thumb from an unknown rater weighs 0.75.",
+    )
+
+    # --- reading each kind's value -----------------------------------------------------------
+    click_values: dict[str, float] = Field(
+        default_factory=_default_click_values,
+        description="Value of each click target in [-1, 1].",
+    )
+    dwell_half_point_ms: float = Field(
+        15_000,
+        gt=0,
+        description="Dwell time that maps to a neutral dwell signal (log scale around it).",
+    )
+    dwell_full_factor: float = Field(
+        10.0,
+        gt=1,
+        description="Dwell this many times longer (shorter) than the half point saturates at "
+        "+1 (-1).",
+    )
+    edit_full_change: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Fraction of words changed at which an edit counts as a full rejection "
+        "(value -1, strength 1).",
+    )
+    edit_no_context_value: float = Field(
+        -0.5, ge=-1, le=1, description="Value of an edit whose interaction is unknown."
+    )
+    edit_no_context_strength: float = Field(
+        0.5, ge=0, le=1, description="Strength of an edit whose interaction is unknown."
+    )
+    comment_max_chars: int = Field(
+        2000, ge=1, description="Characters of a comment given to the sentiment model."
+    )
+
+    # --- raters: rate limit, normalization, trust --------------------------------------------
+    rater_rate_limit_per_min: int = Field(
+        30, ge=1, description="More events than this from one rater in 60 s are dropped."
+    )
+    rater_prior_n: float = Field(
+        5.0,
+        ge=0,
+        description="Pseudo-count pulling a rater's scale (mean, variance) toward the "
+        "population prior, so a new rater's first ratings pass through almost unchanged.",
+    )
+    rater_memory: int = Field(
+        200,
+        ge=1,
+        description="Observations a rater's statistics remember (older ones fade), so a rater "
+        "who changes behaviour is re-judged.",
+    )
+    rater_prior_agreement: float = Field(
+        0.25,
+        ge=-1,
+        le=1,
+        description="Assumed agreement with the consensus for a rater with no history; "
+        "trust = 0.5 + agreement, clipped to [0, 1], so unknown raters get 0.75.",
+    )
+    rater_agreement_prior_n: float = Field(
+        5.0, ge=0, description="Pseudo-count behind rater_prior_agreement."
+    )
+    extreme_rater_floor: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Trust factor left to a rater who always gives the same extreme value "
+        "(1 for a rater who uses the whole scale).",
+    )
+    consensus_min_evidence: float = Field(
+        0.3,
+        ge=0,
+        description="Weight of other signals on a response needed before a rater's agreement "
+        "with them is recorded.",
+    )
+    max_raters: int = Field(
+        200_000,
+        ge=1,
+        description="Raters kept in memory (and in state_dict); the least recently seen go first.",
+    )
+
+    # --- calibration of implicit signals -----------------------------------------------------
+    calibration_label_saturation: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Explicit label magnitude that counts as a full like/dislike when calibrating "
+        "implicit signals (the question is whether the user liked the answer, and rater "
+        "normalization rarely leaves a label at exactly ±1).",
+    )
+    calibration_lr: float = Field(
+        0.001,
+        gt=0,
+        le=1,
+        description="Online learning rate of implicit-signal calibration: the floor of the "
+        "running averages' update rate, so about 1/lr recent labeled responses count.",
+    )
+    calibration_prior_n: float = Field(
+        20.0,
+        ge=0,
+        description="Pseudo-count of labeled responses pulling a signal's weight toward its prior.",
+    )
+    calibration_lcb_z: float = Field(
+        1.0,
+        ge=0,
+        description="Standard errors subtracted from a signal's estimated predictiveness, so a "
+        "signal that predicts nothing settles at 0 instead of wandering above it on noise.",
+    )
+
+    @model_validator(mode="after")
+    def _check_shares(self) -> FusionConfig:
+        missing = set(SCENARIOS) - set(self.scenario_explicit_share)
+        if missing:
+            raise ValueError(f"scenario_explicit_share lacks {sorted(missing)}")
+        for name, share in self.scenario_explicit_share.items():
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"scenario_explicit_share[{name!r}] must be in [0, 1]")
+        return self
+
+    @model_validator(mode="after")
+    def _check_every_signal_weighed(self) -> FusionConfig:
+        # A signal without a weight would silently count for nothing; an unknown name is
+        # a typo that would silently do nothing.
+        expected = {
+            "explicit_weights": signals(explicit=True),
+            "implicit_prior_weights": signals(explicit=False),
+            "click_values": FeedbackKind.click.spec.targets,
+        }
+        for field, names in expected.items():
+            given = getattr(self, field)
+            if missing := sorted(set(names) - set(given)):
+                raise ValueError(f"{field} lacks {missing}: every signal needs a value")
+            if unknown := sorted(set(given) - set(names)):
+                raise ValueError(f"{field}: unknown signals {unknown} (known: {sorted(names)})")
+        return self

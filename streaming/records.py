@@ -1,0 +1,126 @@
+"""The record rules: which training records a response's fused feedback makes.
+
+Pure functions of what the processor has joined, no I/O, so the rules read in one place
+and their thresholds are one config (``RecordConfig``):
+
+- a **label** (desirable or not, for KTO) for every response scored confidently enough
+  and clearly enough away from neutral, weighted by confidence times |score|;
+- an **edit pair** (the user's edit > the original answer) for every edit that changed
+  the answer, weighted by the edit's strength times the rater's trust;
+- a **sibling pair** for two regenerated answers to the same prompt in one conversation
+  whose fused scores differ by at least ``pair_margin`` (the better one chosen).
+
+Every record's id is a hash of its evidence, so the same evidence always makes the same
+record and a replay upserts it in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, WireInteraction
+from streaming.fusion import Fused
+
+Record = PreferencePair | PreferenceLabel
+
+
+class RecordConfig(BaseModel):
+    """Thresholds of the record rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label_min_confidence: float = Field(
+        0.3, ge=0, le=1, description="Labels below this confidence are not emitted."
+    )
+    label_min_score: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="A fused score at most this far from 0 is no verdict: no label.",
+    )
+    pair_margin: float = Field(0.5, ge=0, description="Fused-score gap that makes siblings a pair.")
+
+
+@dataclass(slots=True)
+class Scored:
+    """A stored label, as sibling pairs need it."""
+
+    score: float
+    confidence: float
+    completion: str
+    adapter: str
+
+
+def record_id(*parts: str) -> str:
+    """Stable id of a record from its evidence."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def prompt_of(event: WireInteraction) -> list[ChatMessage]:
+    """The interaction's messages as the records carry them."""
+    return [ChatMessage(role=m.role, content=m.content) for m in event.messages]
+
+
+def label(
+    response_id: str, event: WireInteraction, fused: Fused, config: RecordConfig
+) -> PreferenceLabel | None:
+    """The response's label, or None when its score is not confident or clear enough."""
+    if fused.confidence < config.label_min_confidence or abs(fused.score) <= config.label_min_score:
+        return None
+    return PreferenceLabel(
+        response_id=response_id, prompt=prompt_of(event), completion=event.completion,
+        desirable=fused.score > 0, weight=fused.confidence * abs(fused.score),
+        score=fused.score, confidence=fused.confidence, scenario=fused.scenario,
+        adapter=event.adapter, n_signals=fused.n_signals,
+    )  # fmt: skip
+
+
+def edit_pairs(
+    response_id: str, event: WireInteraction, edits: Iterable[tuple[str, str, float]]
+) -> list[PreferencePair]:
+    """An edit is the user's own better answer: (edited > original). ``edits`` are
+    (event id, edited text, weight) of the response's joined edits."""
+    out: list[PreferencePair] = []
+    for event_id, edited, weight in edits:
+        if weight <= 0 or edited == event.completion:
+            continue
+        out.append(
+            PreferencePair(
+                pair_id=record_id("edit", event_id), prompt=prompt_of(event), chosen=edited,
+                rejected=event.completion, weight=weight, provenance="edit",
+                chosen_response_id=None, rejected_response_id=response_id,
+                adapter=event.adapter,
+            )
+        )  # fmt: skip
+    return out
+
+
+def sibling_pairs(
+    mine: PreferenceLabel, siblings: Mapping[str, Scored], config: RecordConfig
+) -> list[PreferencePair]:
+    """Pairs of a just-labelled response with its labelled siblings (regenerated answers
+    to the same prompt in the same conversation; ``siblings`` may include itself)."""
+    out: list[PreferencePair] = []
+    for sib_id, sib in siblings.items():
+        gap = mine.score - sib.score
+        if sib_id == mine.response_id or abs(gap) < config.pair_margin:
+            continue
+        ours = (mine.response_id, mine.completion, mine.adapter)
+        theirs = (sib_id, sib.completion, sib.adapter)
+        (best, chosen, _), (worst, rejected, adapter) = (
+            (ours, theirs) if gap > 0 else (theirs, ours)
+        )
+        key = record_id("regenerate", *sorted((best, worst)))
+        out.append(
+            PreferencePair(
+                pair_id=key, prompt=mine.prompt, chosen=chosen, rejected=rejected,
+                weight=min(mine.confidence, sib.confidence) * abs(gap) / 2,
+                provenance="regenerate", chosen_response_id=best,
+                rejected_response_id=worst, adapter=adapter,
+            )
+        )  # fmt: skip
+    return out
