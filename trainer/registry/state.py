@@ -90,27 +90,35 @@ class StateMixin(ABC):
         if not action:
             raise ValueError("action must be a non-empty string")
         with locked(self.root):
-            old = self.state()
-            new_stable = old.stable if stable == "keep" else self._existing(stable)
-            new_canary = old.canary if canary == "keep" else self._existing(canary)
-            if new_canary is not None and new_canary == new_stable:
-                if canary != "keep":
-                    raise RegistryError(f"{new_canary} cannot be both stable and canary")
-                new_canary = None  # the canary was promoted: it is no longer on trial
-            change = StateChange(
-                ts_ms=int(time.time() * 1000),
-                action=action,
-                ref=self._subject(old, stable, canary, new_stable, new_canary),
-                reason=reason,
-                stable=new_stable,
-                canary=new_canary,
-            )
-            new = RegistryState(
-                stable=new_stable, canary=new_canary, history=[*old.history, change]
-            )
+            new = self._next_state(self.state(), stable, canary, action, reason)
             self._write_state(new)
-        log.info("registry %s: %s stable=%s canary=%s", self.name, action, new_stable, new_canary)
+        log.info("registry %s: %s stable=%s canary=%s", self.name, action, new.stable, new.canary)
         return new
+
+    def _next_state(
+        self,
+        old: RegistryState,
+        stable: str | Literal["keep"] | None,
+        canary: str | Literal["keep"] | None,
+        action: str,
+        reason: str,
+    ) -> RegistryState:
+        """`old` with the change applied and recorded in the history (caller holds the lock)."""
+        new_stable = old.stable if stable == "keep" else self._existing(stable)
+        new_canary = old.canary if canary == "keep" else self._existing(canary)
+        if new_canary is not None and new_canary == new_stable:
+            if canary != "keep":
+                raise RegistryError(f"{new_canary} cannot be both stable and canary")
+            new_canary = None  # the canary was promoted: it is no longer on trial
+        change = StateChange(
+            ts_ms=int(time.time() * 1000),
+            action=action,
+            ref=self._subject(old, stable, canary, new_stable, new_canary),
+            reason=reason,
+            stable=new_stable,
+            canary=new_canary,
+        )
+        return RegistryState(stable=new_stable, canary=new_canary, history=[*old.history, change])
 
     @staticmethod
     def _subject(
