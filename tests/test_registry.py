@@ -25,6 +25,7 @@ from trainer.registry import (
     combined_digest,
     sha256_file,
 )
+from trainer.registry import versions as reg_versions
 
 HIDDEN = 64
 BASE: dict[str, Any] = {
@@ -169,9 +170,9 @@ def test_crash_mid_publish_leaves_nothing_visible(
         raise OSError("simulated crash")
 
     if fail_at == "rename":
-        monkeypatch.setattr(reg.os, "rename", boom)
+        monkeypatch.setattr(reg_versions.os, "rename", boom)
     else:
-        monkeypatch.setattr(reg, "_write_durably", boom)
+        monkeypatch.setattr(reg_versions, "write_durably", boom)
     with pytest.raises(OSError, match="simulated crash"):
         publish(registry, src, parent="1")
     monkeypatch.undo()
@@ -305,13 +306,13 @@ def test_concurrent_publishes_get_distinct_versions(
     registry: Registry, src: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Widen the allocate-then-rename window so a missing lock would show up reliably.
-    fsync_dir = reg._fsync_dir
+    fsync_dir = reg_versions.fsync_dir
 
     def slow_fsync_dir(path: Path) -> None:
         time.sleep(0.01)
         fsync_dir(path)
 
-    monkeypatch.setattr(reg, "_fsync_dir", slow_fsync_dir)
+    monkeypatch.setattr(reg_versions, "fsync_dir", slow_fsync_dir)
     results: list[int] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
