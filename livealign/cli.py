@@ -48,7 +48,9 @@ def up(
 
 @app.command()
 def processor(
-    kafka: Annotated[str, typer.Option(help="HOST:PORT[,HOST:PORT] of Kafka.")],
+    kafka: Annotated[
+        str | None, typer.Option(help="HOST:PORT[,HOST:PORT] of Kafka (or LIVEALIGN_KAFKA).")
+    ] = None,
     store: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store.")] = None,
     group: Annotated[str, typer.Option(help="Consumer group.")] = "livealign-processor",
     fusion_mode: Annotated[str | None, typer.Option(help="explicit, implicit or fused.")] = None,
@@ -58,7 +60,8 @@ def processor(
     config: ConfigOpt = None,
 ) -> None:
     """Run the stream processor until SIGINT/SIGTERM. Start N of them (same --group) to
-    split the partitions; each takes over the others' partitions when they stop."""
+    split the partitions; each takes over the others' partitions when they stop. Settings
+    not given as flags come from the environment (LIVEALIGN_*) and the --config file."""
     from prometheus_client import start_http_server
 
     from streaming.processor import Processor
@@ -67,7 +70,9 @@ def processor(
     settings = Settings.load(
         config, kafka=kafka, store_url=store, fusion_mode=fusion_mode, home=home
     )
-    cfg = settings.processor_config(kafka).model_copy(
+    if settings.kafka is None:
+        raise typer.BadParameter("give --kafka HOST:PORT (or LIVEALIGN_KAFKA)", param_hint="kafka")
+    cfg = settings.processor_config(settings.kafka).model_copy(
         update={"group_id": group, "session_timeout_ms": session_timeout_ms}
     )
     stop = threading.Event()

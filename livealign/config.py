@@ -1,8 +1,24 @@
-"""One typed settings object for the whole local stack: defaults < TOML file < environment.
+"""One typed settings object for the whole local stack.
 
-Environment variables use the prefix ``LIVEALIGN_`` (``LIVEALIGN_PORT=9000``,
-``LIVEALIGN_KAFKA=broker:9092``). Parts never read this directly; ``serving_config()``
-and friends turn it into the config objects each part takes.
+Where a setting comes from, lowest precedence first:
+
+1. its default, written once: a part's own knob takes the default of the part's config
+   (``grace_s`` is ``ProcessorConfig``'s, ``trainer_interval_s`` is ``TrainerConfig``'s);
+2. the TOML file (``--config livealign.toml``);
+3. the environment, prefix ``LIVEALIGN_`` (``LIVEALIGN_PORT=9000``); a table as JSON
+   (``LIVEALIGN_FUSION_OVERRIDES='{"dwell_half_point_ms": 9000}'``);
+4. explicit arguments: command-line flags, or keyword arguments in code.
+
+A table (``fusion_overrides``, ``record_overrides``, ``trainer_overrides``) is merged key by
+key across those sources. Every setting has exactly one place: a flat field, or a key of
+one table, never both. A table refuses a key that a flat field owns (the fusion mode is
+``fusion_mode``; the trainer's schedule is ``trainer_interval_s`` and
+``trainer_min_new_records``; paths derive from ``home``, ``model`` and ``store_url``).
+
+Parts never read this directly: ``serving_config()``, ``processor_config()`` and
+``trainer_config()`` turn it into the config object each part takes. A child process (the
+stream processor) gets its settings the way any deployment does: as the environment
+(``to_env()``), read back by ``Settings()``.
 """
 
 from __future__ import annotations
@@ -10,24 +26,53 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from serving.config import EngineConfig, ServingConfig
 from streaming.fusion import FusionConfig
 from streaming.processor import ProcessorConfig
 from streaming.producer import ProducerConfig
+from streaming.records import RecordConfig
+from trainer.config import TrainerConfig
 
-if TYPE_CHECKING:
-    from trainer.round import TrainerConfig
+ENV_PREFIX = "LIVEALIGN_"
+# The TOML file Settings.load() reads (a context variable: settings sources are classmethods).
+_TOML_FILE: ContextVar[Path | None] = ContextVar("livealign_toml_file", default=None)
+
+# Keys of the part tables that a flat setting owns: table -> {key: the flat setting}.
+_OWNED = {
+    "fusion_overrides": {"mode": "fusion_mode"},
+    "record_overrides": {},
+    "trainer_overrides": {
+        "interval_s": "trainer_interval_s",
+        "min_new_records": "trainer_min_new_records",
+        "base_model": "model",
+        "registry_dir": "home",
+        "work_dir": "home",
+        "store_url": "store_url",
+    },
+}
+
+
+def _default(model: Any, name: str) -> Any:
+    """The default of a part's config field: one definition, read here."""
+    return model.model_fields[name].default
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIVEALIGN_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     home: Path = Field(Path("var"), description="State: model cache, spool, secrets, logs.")
     kafka: str | None = Field(None, description="HOST:PORT of a Kafka cluster; none: embedded.")
@@ -48,17 +93,29 @@ class Settings(BaseSettings):
     enable_lora: bool = True
     default_max_tokens: int = 256
     store_url: str | None = Field(None, description="Preference store; none: SQLite in home.")
-    fusion_mode: Literal["explicit", "implicit", "fused"] = "fused"
+    fusion_mode: Literal["explicit", "implicit", "fused"] = _default(FusionConfig, "mode")
     fusion_overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other FusionConfig field: in TOML a table [fusion_overrides] with "
-        "min_confidence = 0.2, say (the environment: LIVEALIGN_FUSION_OVERRIDES as JSON).",
+        "dwell_half_point_ms = 9000, say (the environment: LIVEALIGN_FUSION_OVERRIDES as JSON).",
     )
-    grace_s: float = Field(300.0, description="How long feedback waits for its interaction.")
+    record_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any RecordConfig field (which records fused feedback makes): a table "
+        "[record_overrides] with pair_margin = 0.3, say.",
+    )
+    grace_s: float = Field(
+        _default(ProcessorConfig, "grace_s"),
+        description="How long feedback waits for its interaction.",
+    )
     processor: bool = Field(True, description="Start the stream processor with the stack.")
     trainer: bool = Field(True, description="Start the trainer actor with the stack.")
-    trainer_interval_s: float = Field(600.0, description="A round at least this often.")
-    trainer_min_new_records: int = Field(64, description="Or once this many records are new.")
+    trainer_interval_s: float = Field(
+        _default(TrainerConfig, "interval_s"), description="A round at least this often."
+    )
+    trainer_min_new_records: int = Field(
+        _default(TrainerConfig, "min_new_records"), description="Or once this many are new."
+    )
     trainer_overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other TrainerConfig field, nested ones merged: in TOML a table "
@@ -70,11 +127,46 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> Settings:
-        data: dict[str, Any] = {}
-        if path is not None:
-            data = tomllib.loads(path.read_text())
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        """Settings from the TOML file at ``path`` (if any), the environment, and the
+        explicit ``overrides`` (None means "not given"), in the precedence above."""
+        with _toml_file(path):
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest first: arguments, then the environment, then the TOML file.
+        path = _TOML_FILE.get()
+        toml = () if path is None else (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+        return (init_settings, env_settings, *toml)
+
+    @model_validator(mode="after")
+    def _one_place_per_setting(self) -> Settings:
+        for table, owned in _OWNED.items():
+            for key in getattr(self, table):
+                if key in owned:
+                    raise ValueError(f"{table}: {key!r} is the setting {owned[key]!r}; set that")
+        FusionConfig.model_validate({**self.fusion_overrides, "mode": self.fusion_mode})
+        RecordConfig.model_validate(self.record_overrides)
+        return self
+
+    def to_env(self, **replace: Any) -> dict[str, str]:
+        """These settings as LIVEALIGN_* environment variables, for a child process that
+        builds its own ``Settings()`` (secrets left out: the child reads them from home,
+        or inherits them from this process's environment)."""
+        env: dict[str, str] = {}
+        for name, value in {**self.model_dump(mode="json"), **replace}.items():
+            if value is None or isinstance(getattr(self, name), SecretStr):
+                continue
+            text = value if isinstance(value, str) else json.dumps(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
+        return env
 
     cache: Path = Field(
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "livealign",
@@ -136,8 +228,6 @@ class Settings(BaseSettings):
         return (self.home / "registry").resolve()
 
     def trainer_config(self, model_path: Path, bootstrap: str) -> TrainerConfig:
-        from trainer.round import TrainerConfig  # torch/TRL: only when a trainer runs
-
         config = TrainerConfig(
             base_model=model_path,
             registry_dir=self.registry_dir,
@@ -156,7 +246,17 @@ class Settings(BaseSettings):
             store_url=url,
             grace_s=self.grace_s,
             fusion=FusionConfig.model_validate({**self.fusion_overrides, "mode": self.fusion_mode}),
+            records=RecordConfig.model_validate(self.record_overrides),
         )
+
+
+@contextmanager
+def _toml_file(path: Path | None) -> Iterator[None]:
+    token = _TOML_FILE.set(path)
+    try:
+        yield
+    finally:
+        _TOML_FILE.reset(token)
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ The test suite uses the same class, so what the tests run is what ``livealign up
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -120,16 +119,10 @@ class LocalStack:
         """The stream processor runs in its own process, as it would in a cluster."""
         s = self.settings
         self.processor_metrics_port = free_port()
-        cmd = [
-            sys.executable, "-m", "livealign.cli", "processor",
-            "--kafka", self.bootstrap,
-            "--store", s.processor_config(self.bootstrap).store_url,
-            "--fusion-mode", s.fusion_mode,
-            "--metrics-port", str(self.processor_metrics_port),
-            "--home", str(s.home),
-        ]  # fmt: skip
-        # The child reads its other settings as any deployment would: from the environment.
-        env = {**os.environ, "LIVEALIGN_FUSION_OVERRIDES": json.dumps(s.fusion_overrides)}
+        cmd = [sys.executable, "-m", "livealign.cli", "processor",
+               "--metrics-port", str(self.processor_metrics_port)]  # fmt: skip
+        # Its settings through one channel, the one any deployment uses: the environment.
+        env = {**os.environ, **s.to_env(kafka=self.bootstrap, home=str(s.home.resolve()))}
         out = open(s.home / "processor.log", "ab")  # noqa: SIM115 (the child keeps it)
         self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()

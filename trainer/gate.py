@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM
 
 from streaming.events import ChatMessage, PreferencePair
+from trainer.config import GateConfig
 from trainer.train import RewardModel, completion_ids, load_tokenizer, prompt_ids
 
 __all__ = ["GateConfig", "GateReport", "evaluate", "preference_accuracy"]
@@ -38,54 +38,6 @@ log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
 CURRENT = "current"
-
-
-class GateConfig(BaseModel):
-    """Thresholds of the offline gate. A candidate passes only if every applicable check does."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
-
-    min_pref_accuracy: float = Field(
-        0.55,
-        ge=0,
-        le=1,
-        description="Least held-out preference accuracy of the candidate, its implicit DPO "
-        "reward measured against the current adapter as reference.",
-    )
-    min_pref_pairs: int = Field(
-        8,
-        ge=1,
-        description="Held-out pairs the preference-accuracy check needs to judge; with fewer it "
-        "is measured and recorded but skipped (on 2 pairs an accuracy of 0.5 is one coin flip "
-        "either way, not evidence against a candidate).",
-    )
-    min_win_rate: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Least reward-model win rate of the candidate's answers over the current "
-        "adapter's on held-out prompts (ties count half, so an unchanged model scores 0.5).",
-    )
-    max_nll_increase: float = Field(
-        0.6,
-        ge=0,
-        description="Fluency guard: the candidate's answers' mean per-token NLL under the base "
-        "model (nats) may exceed that of the base model's own answers by at most this. Fluent "
-        "fine-tuned answers move it by a fraction of a nat; SmolLM2 adapters that had begun "
-        "to repeat themselves were at +0.5, gibberish is at +3.",
-    )
-    max_length_ratio: float = Field(
-        2.0, gt=0, description="Most mean answer length (tokens) of candidate / current."
-    )
-    min_length_ratio: float = Field(
-        0.3, ge=0, description="Least mean answer length (tokens) of candidate / current."
-    )
-    max_new_tokens: int = Field(48, ge=1, description="Greedy answer length limit per prompt.")
-    n_prompts: int = Field(16, ge=1, description="Held-out prompts answered (the first N given).")
-    max_length: int = Field(
-        512, ge=16, description="Token limit of prompt + answer when scoring log-probabilities."
-    )
-    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
 
 
 @dataclass

@@ -17,48 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from monitoring import metrics as m
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, now_ms
 from streaming.store import PreferenceStore
-from trainer.gate import GateConfig, evaluate
+from trainer.config import TrainerConfig
+from trainer.gate import evaluate
 from trainer.registry import DataWindow, Registry
-from trainer.train import RewardModel, TrainConfig, train_policy, train_reward_model
+from trainer.train import RewardModel, train_policy, train_reward_model
 
 log = logging.getLogger(__name__)
-
-
-class TrainerConfig(BaseModel):
-    """When and how the trainer runs a round. Every field can be set from the stack's
-    settings (``trainer_overrides``)."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
-
-    base_model: Path = Field(description="HF-format folder of the served base model.")
-    registry_dir: Path
-    store_url: str = Field(description="SQLAlchemy URL of the preference store.")
-    work_dir: Path = Field(description="Scratch space for candidates and reward models.")
-    interval_s: float = Field(600.0, description="A round at least this often, if data.")
-    min_new_records: int = Field(64, description="Or as soon as this many records are new.")
-    min_records: int = Field(8, description="Fewer new records than this: no round.")
-    held_out_fraction: float = Field(0.2, description="Share of records kept for the gate.")
-    min_reward_pairs: int = Field(
-        16,
-        ge=2,
-        description="Fewer training pairs than this: no reward model this round (one trained "
-        "on a handful ranks answers at random), so the gate's win-rate check is skipped.",
-    )
-    min_reward_accuracy: float = Field(
-        0.55,
-        ge=0,
-        le=1,
-        description="A reward model below this held-out pair accuracy does not judge the "
-        "candidate (the win-rate check is skipped and the reason recorded).",
-    )
-    max_records: int = Field(2000, description="Most recent records used in one round.")
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 @dataclass

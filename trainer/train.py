@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -34,6 +33,7 @@ from transformers import (
 )
 
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
+from trainer.config import TrainConfig
 
 __all__ = [
     "PolicyResult",
@@ -56,83 +56,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-class TrainConfig(BaseModel):
-    """Hyper-parameters of one training round. Defaults suit SmolLM2-135M on a few CPU cores."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
-
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        description="Linear layers that get a LoRA (every projection of a Llama block).",
-    )
-    dpo_lr: float = Field(
-        2e-4,
-        ge=0,
-        description="DPO learning rate. 2e-4 is safe only together with the SFT term: plain DPO at "
-        "this rate over-optimizes SmolLM2-135M into gibberish within an epoch.",
-    )
-    dpo_beta: float = Field(
-        0.1, gt=0, description="DPO beta: strength of the pull to the reference."
-    )
-    sft_weight: float = Field(
-        1.0,
-        ge=0,
-        description="Weight of the SFT (NLL on the chosen answer) term added to the DPO sigmoid "
-        "loss; it keeps answers fluent. 0 gives plain DPO.",
-    )
-    kto_lr: float = Field(
-        1e-4,
-        ge=0,
-        description="KTO learning rate; lower than DPO's because KTO has no SFT term to anchor it.",
-    )
-    kto_beta: float = Field(
-        0.1, gt=0, description="KTO beta: strength of the pull to the reference."
-    )
-    epochs: float = Field(
-        1.0, gt=0, description="Passes over the (weight-resampled) policy data, per stage."
-    )
-    batch_size: int = Field(8, ge=1, description="Records per optimizer micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_length: int = Field(
-        256,
-        ge=8,
-        description="Token limit of prompt + answer. Longer sequences lose their end; records "
-        "whose prompt alone fills it are dropped.",
-    )
-    max_steps: int | None = Field(
-        None, ge=1, description="If set, optimizer steps per stage, overriding `epochs`."
-    )
-    bf16: bool | None = Field(
-        None,
-        description="bf16 autocast (weights stay fp32). None = where the hardware computes bf16 "
-        "natively: a bf16 GPU, or a CPU with AVX512-BF16/AMX. On an AVX2-only CPU autocast is "
-        "emulated and measured ~20x slower in the backward pass than fp32.",
-    )
-    seed: int = Field(0, description="Seeds LoRA init, resampling and data order.")
-    num_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads while training; None leaves torch's setting."
-    )
-    reward_lr: float = Field(2e-4, ge=0, description="Reward-model learning rate (LoRA + head).")
-    reward_epochs: float = Field(
-        2.0,
-        gt=0,
-        description="Passes over the reward-model pairs: its scalar head starts random and needs "
-        "more than one pass over a few hundred pairs.",
-    )
-    log_every: int = Field(1, ge=1, description="Log a line and report progress every N steps.")
 
 
 @dataclass

@@ -1,0 +1,170 @@
+"""The trainer's configuration, TRL-style: typed, documented fields with working defaults.
+
+``TrainerConfig`` (when a round runs and on which data) holds ``TrainConfig`` (the
+hyper-parameters of the reward model, DPO and KTO) and ``GateConfig`` (the offline
+gate's thresholds). Kept apart from the training code so that settings can be read and
+checked without importing torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training round. Defaults suit SmolLM2-135M on a few CPU cores."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
+
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Linear layers that get a LoRA (every projection of a Llama block).",
+    )
+    dpo_lr: float = Field(
+        2e-4,
+        ge=0,
+        description="DPO learning rate. 2e-4 is safe only together with the SFT term: plain DPO at "
+        "this rate over-optimizes SmolLM2-135M into gibberish within an epoch.",
+    )
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO beta: strength of the pull to the reference."
+    )
+    sft_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the SFT (NLL on the chosen answer) term added to the DPO sigmoid "
+        "loss; it keeps answers fluent. 0 gives plain DPO.",
+    )
+    kto_lr: float = Field(
+        1e-4,
+        ge=0,
+        description="KTO learning rate; lower than DPO's because KTO has no SFT term to anchor it.",
+    )
+    kto_beta: float = Field(
+        0.1, gt=0, description="KTO beta: strength of the pull to the reference."
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the (weight-resampled) policy data, per stage."
+    )
+    batch_size: int = Field(8, ge=1, description="Records per optimizer micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(
+        256,
+        ge=8,
+        description="Token limit of prompt + answer. Longer sequences lose their end; records "
+        "whose prompt alone fills it are dropped.",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="If set, optimizer steps per stage, overriding `epochs`."
+    )
+    bf16: bool | None = Field(
+        None,
+        description="bf16 autocast (weights stay fp32). None = where the hardware computes bf16 "
+        "natively: a bf16 GPU, or a CPU with AVX512-BF16/AMX. On an AVX2-only CPU autocast is "
+        "emulated and measured ~20x slower in the backward pass than fp32.",
+    )
+    seed: int = Field(0, description="Seeds LoRA init, resampling and data order.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while training; None leaves torch's setting."
+    )
+    reward_lr: float = Field(2e-4, ge=0, description="Reward-model learning rate (LoRA + head).")
+    reward_epochs: float = Field(
+        2.0,
+        gt=0,
+        description="Passes over the reward-model pairs: its scalar head starts random and needs "
+        "more than one pass over a few hundred pairs.",
+    )
+    log_every: int = Field(1, ge=1, description="Log a line and report progress every N steps.")
+
+
+class GateConfig(BaseModel):
+    """Thresholds of the offline gate. A candidate passes only if every applicable check does."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
+
+    min_pref_accuracy: float = Field(
+        0.55,
+        ge=0,
+        le=1,
+        description="Least held-out preference accuracy of the candidate, its implicit DPO "
+        "reward measured against the current adapter as reference.",
+    )
+    min_pref_pairs: int = Field(
+        8,
+        ge=1,
+        description="Held-out pairs the preference-accuracy check needs to judge; with fewer it "
+        "is measured and recorded but skipped (on 2 pairs an accuracy of 0.5 is one coin flip "
+        "either way, not evidence against a candidate).",
+    )
+    min_win_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Least reward-model win rate of the candidate's answers over the current "
+        "adapter's on held-out prompts (ties count half, so an unchanged model scores 0.5).",
+    )
+    max_nll_increase: float = Field(
+        0.6,
+        ge=0,
+        description="Fluency guard: the candidate's answers' mean per-token NLL under the base "
+        "model (nats) may exceed that of the base model's own answers by at most this. Fluent "
+        "fine-tuned answers move it by a fraction of a nat; SmolLM2 adapters that had begun "
+        "to repeat themselves were at +0.5, gibberish is at +3.",
+    )
+    max_length_ratio: float = Field(
+        2.0, gt=0, description="Most mean answer length (tokens) of candidate / current."
+    )
+    min_length_ratio: float = Field(
+        0.3, ge=0, description="Least mean answer length (tokens) of candidate / current."
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Greedy answer length limit per prompt.")
+    n_prompts: int = Field(16, ge=1, description="Held-out prompts answered (the first N given).")
+    max_length: int = Field(
+        512, ge=16, description="Token limit of prompt + answer when scoring log-probabilities."
+    )
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+
+
+class TrainerConfig(BaseModel):
+    """When and how the trainer runs a round. Every field can be set from the stack's
+    settings (``trainer_overrides``)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
+
+    base_model: Path = Field(description="HF-format folder of the served base model.")
+    registry_dir: Path
+    store_url: str = Field(description="SQLAlchemy URL of the preference store.")
+    work_dir: Path = Field(description="Scratch space for candidates and reward models.")
+    interval_s: float = Field(600.0, description="A round at least this often, if data.")
+    min_new_records: int = Field(64, description="Or as soon as this many records are new.")
+    min_records: int = Field(8, description="Fewer new records than this: no round.")
+    held_out_fraction: float = Field(0.2, description="Share of records kept for the gate.")
+    min_reward_pairs: int = Field(
+        16,
+        ge=2,
+        description="Fewer training pairs than this: no reward model this round (one trained "
+        "on a handful ranks answers at random), so the gate's win-rate check is skipped.",
+    )
+    min_reward_accuracy: float = Field(
+        0.55,
+        ge=0,
+        le=1,
+        description="A reward model below this held-out pair accuracy does not judge the "
+        "candidate (the win-rate check is skipped and the reason recorded).",
+    )
+    max_records: int = Field(2000, description="Most recent records used in one round.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
