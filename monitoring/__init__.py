@@ -1,1 +1,1 @@
-"""Metric definitions (Prometheus), the Grafana dashboard and the alert rules."""
+"""Metric definitions (Prometheus): every metric LiveAlign exports, defined once."""

