@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from livealign.config import Settings
 from livealign.prompts import load_prompts, split
 from livealign.simulate import SimulationConfig, Simulator, win_rate
 from livealign.stack import LocalStack
@@ -130,31 +129,6 @@ def test_win_rate_counts_ties_as_half() -> None:
     assert win_rate([1.0, 1.0], [0.0, 0.99]) == pytest.approx(0.75)
     with pytest.raises(ValueError):
         win_rate([], [])
-
-
-def test_trainer_overrides_merge_and_misspellings_fail(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, trainer_overrides={"train": {"max_length": 99}})
-    config = settings.trainer_config(tmp_path / "model", "localhost:9092")
-    assert config.train.max_length == 99 and config.train.batch_size == 8  # others kept
-    typo = Settings(home=tmp_path, trainer_overrides={"train": {"max_lenght": 99}})
-    with pytest.raises(ValueError, match="max_lenght"):
-        typo.trainer_config(tmp_path / "model", "localhost:9092")
-
-
-def test_fusion_overrides_reach_the_processor_and_misspellings_fail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = Settings(home=tmp_path, fusion_mode="implicit",
-                        fusion_overrides={"min_confidence": 0.2, "mode": "fused"})  # fmt: skip
-    fusion = settings.processor_config("localhost:9092").fusion
-    assert (fusion.min_confidence, fusion.mode) == (0.2, "implicit")  # fusion_mode wins
-    # The stack hands them to the processor's process through the environment.
-    monkeypatch.setenv("LIVEALIGN_FUSION_OVERRIDES", '{"dwell_half_point_ms": 9000}')
-    child = Settings(home=tmp_path).processor_config("localhost:9092").fusion
-    assert child.dwell_half_point_ms == 9000 and child.min_confidence == 0.3
-    typo = Settings(home=tmp_path, fusion_overrides={"min_confidense": 0.2})
-    with pytest.raises(ValueError, match="min_confidense"):
-        typo.processor_config("localhost:9092")
 
 
 # ---- the simulator on a fake endpoint -------------------------------------------------------
