@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
-
 from livealign.prompts import load_prompts, split
 from livealign.simulate import SimulationConfig, Simulator
 from livealign.stack import LocalStack
@@ -18,7 +16,6 @@ from trainer.registry import Registry
 from trainer.round import Trainer
 
 
-@pytest.mark.integration
 def test_short_learning_run_completes_a_round_and_reports_a_number(
     stack: LocalStack, tmp_path: Path
 ) -> None:
