@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: install up test lint bench-serving bench-learning clean
+.PHONY: install up test test-unit lint bench-serving bench-learning clean
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Both suites: tests/unit and tests/integration (the real broker, Ray Serve and vLLM).
 test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(ARGS)
+
+# The unit suite alone: no broker, Ray or engine, well under a minute.
+test-unit: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit $(ARGS)
 
 bench-serving: install
 	$(PY) bench/serving_overhead.py $(ARGS)

@@ -9,7 +9,7 @@ from openai import OpenAI
 
 from livealign.stack import LocalStack
 from streaming.events import TOPIC_INTERACTIONS
-from tests.conftest import read_topic, with_ids
+from tests.integration.conftest import read_topic, with_ids
 
 MODEL = "livealign"
 

@@ -118,7 +118,7 @@ def test_killed_round_leaves_no_partial_version(tmp_path: Path) -> None:
         "    Trainer(TrainerConfig.model_validate_json(sys.argv[1])).run_round()\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, str(script), cfg.model_dump_json()], cwd=Path(__file__).parents[1]
+        [sys.executable, str(script), cfg.model_dump_json()], cwd=Path(__file__).parents[2]
     )
     work = cfg.work_dir
     deadline = time.monotonic() + 300

@@ -13,7 +13,7 @@ from openai import OpenAI
 from livealign.stack import LocalStack
 from serving import tokens
 from streaming.events import TOPIC_FEEDBACK
-from tests.conftest import read_topic, with_ids
+from tests.integration.conftest import read_topic, with_ids
 
 
 @pytest.fixture(scope="module")

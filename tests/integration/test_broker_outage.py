@@ -12,7 +12,7 @@ from openai import OpenAI
 from livealign.stack import LocalStack
 from streaming.events import TOPIC_FEEDBACK
 from streaming.topics import ensure_topics
-from tests.conftest import read_topic, with_ids
+from tests.integration.conftest import read_topic, with_ids
 
 
 def send(http: httpx.Client, info: dict[str, Any], ids: list[str]) -> list[str]:

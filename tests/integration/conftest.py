@@ -1,11 +1,16 @@
-"""Shared fixtures: one embedded broker, one Ray + Serve + vLLM stack per test session,
-serving the tiny random Llama (speed matters here, not answer quality)."""
+"""Integration tests: one embedded broker, one Ray + Serve + vLLM stack per test session,
+serving the tiny random Llama (speed matters here, not answer quality), and the helpers
+that read what the stack wrote to its topics.
+
+Every test under this folder carries the ``integration`` marker, applied here once: so
+``pytest -m "not integration"`` and ``pytest tests/unit`` select the same fast set."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +21,15 @@ from openai import OpenAI
 from livealign.config import Settings
 from livealign.stack import LocalStack
 from streaming.broker import free_port
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Called with the whole session's items (unit ones too, in a full run): mark only ours.
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

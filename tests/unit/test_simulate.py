@@ -1,6 +1,6 @@
 """Simulated users behave as configured (rates, noise, hidden preference, adversaries),
-the simulator drives only the public API correctly (checked on a fake endpoint), and one
-short learning run on the real stack (tiny model) completes a round and reports a number."""
+and the simulator drives only the public API correctly (checked on a fake endpoint). The
+short learning run on the real stack is tests/integration/test_simulate_learning_run.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import json
 import random
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,7 @@ import pytest
 
 from livealign.prompts import load_prompts, split
 from livealign.simulate import SimulationConfig, Simulator, win_rate
-from livealign.stack import LocalStack
 from livealign.users import PopulationConfig, SimUser, judge, make_users, rewrite, score
-from tests.test_trainer_round import config as tiny_config
-from trainer.registry import Registry
-from trainer.round import Trainer
 
 LONG = " ".join(["This answer keeps going with many more words than anyone needs."] * 8)
 SHORT = "Keep it in a glass of water."
@@ -210,49 +205,3 @@ def test_simulator_drives_chat_and_feedback_through_the_api() -> None:
     sim = Simulator(config)
     asyncio.run(run())
     assert sorted((c["conversation_id"], c["seed"]) for c in fake.chats) == first_run
-
-
-# ---- one short learning run on the real stack ------------------------------------------------
-
-
-@pytest.mark.integration
-def test_short_learning_run_completes_a_round_and_reports_a_number(
-    stack: LocalStack, tmp_path: Path
-) -> None:
-    """bench/learning.py's loop on the tiny model: simulate, catch up, train, serve, judge."""
-    from bench.learning import judged, run_rounds
-
-    population = PopulationConfig(explicit_rate=0.5, edit_rate=0.5, adversarial_share=0.0)
-    config = SimulationConfig(
-        url=stack.url, users=30, max_tokens=12, population=population, seed=11
-    )
-    _, held_out = split(load_prompts(), config.held_out_fraction)
-    base = judged(stack.url, held_out[:6], population, config.max_tokens)
-    # The tiny-model round of the trainer tests, on this stack's store and registry, with
-    # the gate's preference checks opened too: only the plumbing is under test here.
-    tiny = tiny_config(tmp_path)
-    trainer = Trainer(
-        tiny.model_copy(
-            update={
-                "registry_dir": stack.settings.registry_dir,
-                "store_url": stack.settings.processor_config(stack.bootstrap).store_url,
-                "min_records": 4,
-                "train": tiny.train.model_copy(update={"max_steps": 2, "max_length": 96}),
-                "gate": tiny.gate.model_copy(
-                    update={"min_pref_accuracy": 0.0, "min_win_rate": 0.0}
-                ),
-            }
-        )
-    )
-    try:
-        points = run_rounds(
-            stack, "fused", Simulator(config), lambda: asdict(trainer.run_round()),
-            held_out[:6], base, rounds=1, chats=24,
-        )  # fmt: skip
-    finally:  # later tests expect the base model served
-        Registry(stack.settings.registry_dir).set_state(stable=None, action="rollback")
-    first, last = points
-    assert first.version == "base" and first.win_rate == 0.5
-    assert last.outcome == "published" and last.version.startswith("livealign@"), last
-    assert last.feedback_consumed > 0 and last.pairs + last.labels > 0
-    assert 0.0 <= last.win_rate <= 1.0  # the number; no threshold on a random model
