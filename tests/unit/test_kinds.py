@@ -13,7 +13,7 @@ from streaming.events import FeedbackEvent, FeedbackIn
 from streaming.fusion import Fuser, FusionConfig
 from streaming.kinds import FeedbackKind, signals
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_contract_takes_exactly_the_kinds_of_the_table() -> None:
