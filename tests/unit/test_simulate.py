@@ -8,7 +8,6 @@ import asyncio
 import json
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
