@@ -39,7 +39,7 @@ from trainer.registry.errors import (
 )
 from trainer.registry.files import sha256_file
 from trainer.registry.registry import Registry
-from trainer.registry.state import RegistryState, StateChange
+from trainer.registry.state import RegistryState, Rollout, StateChange
 from trainer.registry.versions import DataWindow, Manifest, combined_digest
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RegistryState",
+    "Rollout",
     "StateChange",
     "UnknownVersion",
     "check_adapter_dir",

@@ -1,12 +1,19 @@
 """Stable/canary state: state.json, which says what serving runs, and its history.
 
-state.json holds the stable and canary refs and an append-only history of every change.
+state.json holds the stable and canary refs, the share of conversations the canary
+serves (``canary_weight``), where the canary's trial stands (``rollout``: its step, when
+it and the step began, whether an operator paused it) and an append-only history of every
+change. Serving reads the refs and the weight; the canary controller reads and advances
+the rollout, and resumes from it after a restart. Every canary decision, holds included,
+is appended to decisions.jsonl beside it.
+
 Changes are made under the root lock and written atomically (temp file, fsync, rename),
 so a reader sees the old state or the new one, never half of either.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -25,6 +32,8 @@ log = logging.getLogger(__package__)  # "trainer.registry": one logger for the w
 
 STATE = "state.json"
 STATE_TEMP_PREFIX = ".state-"
+DECISIONS = "decisions.jsonl"
+Keep = Literal["keep"]
 
 
 class StateChange(BaseModel):
@@ -36,6 +45,16 @@ class StateChange(BaseModel):
     reason: str = Field(default="", description="Why, in words (for humans and audits).")
     stable: str | None = Field(default=None, description="Stable ref after the change.")
     canary: str | None = Field(default=None, description="Canary ref after the change.")
+    canary_weight: float = Field(default=0.0, description="Canary weight after the change.")
+
+
+class Rollout(BaseModel):
+    """Where the canary's trial stands (epoch ms)."""
+
+    started_ms: int = Field(description="When the canary went out.")
+    step: int = Field(default=0, ge=0, description="Index into the canary policy's steps.")
+    step_started_ms: int = Field(description="When the current step began.")
+    paused: bool = Field(default=False, description="An operator paused the promotions.")
 
 
 class RegistryState(BaseModel):
@@ -43,6 +62,10 @@ class RegistryState(BaseModel):
 
     stable: str | None = Field(default=None, description="Ref serving answers with by default.")
     canary: str | None = Field(default=None, description="Ref under canary test, if any.")
+    canary_weight: float = Field(
+        default=0.0, ge=0, le=1, description="Share of conversations the canary serves."
+    )
+    rollout: Rollout | None = Field(default=None, description="The canary's trial, if any.")
     history: list[StateChange] = Field(
         default_factory=list, description="Every change, oldest first; append-only."
     )
@@ -77,29 +100,45 @@ class StateMixin(ABC):
     def set_state(
         self,
         *,
-        stable: str | Literal["keep"] | None = "keep",
-        canary: str | Literal["keep"] | None = "keep",
+        stable: str | Keep | None = "keep",
+        canary: str | Keep | None = "keep",
+        canary_weight: float | Keep = "keep",
+        rollout: Rollout | Keep | None = "keep",
         action: str,
         reason: str = "",
+        expect_canary: str | Keep | None = "keep",
     ) -> RegistryState:
-        """Change stable and/or canary ("keep" leaves one as is) and append to the history.
+        """Change stable, canary, its weight and rollout ("keep" leaves one as is) and
+        append to the history.
 
         Refs must exist (plain "N" is accepted and stored as "name@N"). Promoting the canary
-        to stable while leaving `canary` as "keep" clears the canary.
+        to stable while leaving `canary` as "keep" clears the canary. Without a canary the
+        weight is 0 and there is no rollout; a new canary starts at weight 0 with no rollout
+        unless they are given. ``expect_canary``: refuse (RegistryError) unless the canary
+        is this one now, so a controller never applies a decision about a canary that an
+        operator or the trainer has replaced meanwhile.
         """
         if not action:
             raise ValueError("action must be a non-empty string")
         with locked(self.root):
-            new = self._next_state(self.state(), stable, canary, action, reason)
+            old = self.state()
+            if expect_canary != "keep" and old.canary != expect_canary:
+                raise RegistryError(f"the canary is {old.canary}, not {expect_canary}")
+            new = self._next_state(old, stable, canary, canary_weight, rollout, action, reason)
             self._write_state(new)
-        log.info("registry %s: %s stable=%s canary=%s", self.name, action, new.stable, new.canary)
+        log.info(
+            "registry %s: %s stable=%s canary=%s weight=%.2f",
+            self.name, action, new.stable, new.canary, new.canary_weight,
+        )  # fmt: skip
         return new
 
     def _next_state(
         self,
         old: RegistryState,
-        stable: str | Literal["keep"] | None,
-        canary: str | Literal["keep"] | None,
+        stable: str | Keep | None,
+        canary: str | Keep | None,
+        canary_weight: float | Keep,
+        rollout: Rollout | Keep | None,
         action: str,
         reason: str,
     ) -> RegistryState:
@@ -110,6 +149,15 @@ class StateMixin(ABC):
             if canary != "keep":
                 raise RegistryError(f"{new_canary} cannot be both stable and canary")
             new_canary = None  # the canary was promoted: it is no longer on trial
+        same_canary = new_canary is not None and new_canary == old.canary
+        weight = (
+            (old.canary_weight if same_canary else 0.0)
+            if canary_weight == "keep"
+            else canary_weight
+        )
+        trial = (old.rollout if same_canary else None) if rollout == "keep" else rollout
+        if new_canary is None:
+            weight, trial = 0.0, None
         change = StateChange(
             ts_ms=int(time.time() * 1000),
             action=action,
@@ -117,8 +165,31 @@ class StateMixin(ABC):
             reason=reason,
             stable=new_stable,
             canary=new_canary,
+            canary_weight=weight,
         )
-        return RegistryState(stable=new_stable, canary=new_canary, history=[*old.history, change])
+        return RegistryState(
+            stable=new_stable, canary=new_canary, canary_weight=weight, rollout=trial,
+            history=[*old.history, change],
+        )  # fmt: skip
+
+    def append_decision(self, decision: dict[str, object]) -> None:
+        """Append one canary decision (JSON-able) to decisions.jsonl, durably."""
+        line = (json.dumps(decision, sort_keys=True) + "\n").encode()
+        with locked(self.root):
+            fd = os.open(self.root / DECISIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def decisions(self, last: int | None = None) -> list[dict[str, object]]:
+        """The logged canary decisions, oldest first (only the ``last`` N if given)."""
+        path = self.root / DECISIONS
+        if not path.is_file():
+            return []
+        lines = path.read_text().splitlines()
+        return [json.loads(line) for line in (lines[-last:] if last else lines) if line]
 
     @staticmethod
     def _subject(
