@@ -102,6 +102,15 @@ def judged(
     return Judged(scores, [n_words(t) for t in texts], adapters.pop())
 
 
+def wait_settled(store: PreferenceStore, settle_s: float) -> None:
+    """Until every response's feedback window has closed, so its records are made."""
+    deadline = time.monotonic() + settle_s + 120
+    while store.unsettled():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{store.unsettled()} responses still unsettled")
+        time.sleep(1.0)
+
+
 def wait_caught_up(stack: LocalStack, timeout: float = 300.0) -> None:
     """Until the processor's lag is 0 on every partition, twice in a row, 1 s apart."""
     deadline, zero_in_a_row = time.monotonic() + timeout, 0
@@ -144,6 +153,7 @@ def run_rounds(
         log.info("%s round %d: simulated in %.0f s: %s", mode, r, time.monotonic() - t,
                  stats.summary())  # fmt: skip
         wait_caught_up(stack)
+        wait_settled(store, stack.settings.settle_s)
         consumed = store.count(s.feedback)
         t = time.monotonic()
         report = run_round()

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         _default(ProcessorConfig, "grace_s"),
         description="How long feedback waits for its interaction.",
     )
+    settle_s: float = Field(
+        _default(ProcessorConfig, "settle_s"),
+        description="A response's feedback window: when it closes, the response's records "
+        "(label, pairs, outcome) are made and judged by the canary controller.",
+    )
     processor: bool = Field(True, description="Start the stream processor with the stack.")
     trainer: bool = Field(True, description="Start the trainer actor with the stack.")
     trainer_interval_s: float = Field(
@@ -245,6 +250,7 @@ class Settings(BaseSettings):
             bootstrap_servers=bootstrap,
             store_url=url,
             grace_s=self.grace_s,
+            settle_s=self.settle_s,
             fusion=FusionConfig.model_validate({**self.fusion_overrides, "mode": self.fusion_mode}),
             records=RecordConfig.model_validate(self.record_overrides),
         )

@@ -161,7 +161,8 @@ def record(turn: Turn, emit: Callable[[InteractionEvent], None], status: str) ->
             arm=arm,
             messages=turn.request.chat_messages(),
             completion="".join(turn.text),
-            finish_reason=turn.finish_reason,
+            # A failed request is an outcome too: the canary's error-rate guardrail counts it.
+            finish_reason=turn.finish_reason or ("error" if status == "error" else None),
             prompt_tokens=len(turn.prompt_ids),
             completion_tokens=turn.completion_tokens,
             stream=turn.request.stream,

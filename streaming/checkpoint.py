@@ -7,10 +7,11 @@
     4. offsets        commit the consumer's offsets
 
 A crash before 1 leaves nothing: the batch is consumed again. A crash between 1 and 4
-replays the batch: the store finds its events already stored and changes nothing, and
-the records are published again under the same keys (each record's id is a hash of its
-evidence, so a consumer upserting by key stores them once). Offsets are never ahead of
-what is stored and published, so nothing accepted is ever skipped.
+replays the batch: the store finds its events already stored and changes nothing, so the
+store (what the trainer and the canary controller read) has every record exactly once.
+Offsets are never ahead of what is stored. What the crash can cost is on the topic: the
+records of a batch stored but not yet published are not published again on the replay
+(the store is the truth; a transactional outbox would close that gap).
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ class Checkpoint:
 
     def commit(self, records: list[Record]) -> None:
         """Steps 2 to 4, for a batch whose store transaction (step 1) has committed."""
-        for rec in records:
-            self.producer.send(
-                TOPIC_PREFERENCES, key=key(rec), value=rec.model_dump_json().encode()
-            )
-        self.producer.flush(timeout=self.flush_timeout_s)
+        self.publish(records)
         self.consumer.commit()
+
+    def publish(self, records: list[Record]) -> None:
+        """Steps 2 and 3 alone: for records made outside a batch (when responses' feedback
+        windows close), whose store transaction has committed."""
+        for rec in records:
+            value = rec.model_dump_json().encode()
+            self.producer.send(TOPIC_PREFERENCES, key=key(rec), value=value)
+        self.producer.flush(timeout=self.flush_timeout_s)
 
     def close(self) -> None:
         self.consumer.close()

@@ -149,6 +149,34 @@ class PreferenceLabel(BaseModel):
     n_signals: int = Field(ge=0, description="Feedback events fused into the score.")
 
 
+class ResponseOutcome(BaseModel):
+    """A response's outcome once its feedback window has settled (and again if late
+    feedback changes it): its fused score and what an operator watches, with the adapter
+    version and canary arm that answered. The canary controller judges arms on these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_type: Literal["outcome"] = "outcome"
+    response_id: str
+    conversation_id: str
+    adapter: str
+    arm: str
+    created_ms: int = Field(description="Server time the request arrived (unix ms).")
+    score: float | None = Field(
+        ge=-1, le=1, description="Fused score; None when no feedback scored the answer."
+    )
+    confidence: float = Field(ge=0, le=1)
+    n_signals: int = Field(ge=0)
+    thumbs_up: int = Field(ge=0, description="Thumbs up and ratings of 4 or 5.")
+    thumbs_down: int = Field(ge=0, description="Thumbs down and ratings of 1 or 2.")
+    regenerated: bool = Field(description="The user asked for another answer instead.")
+    error: bool = Field(description="The request failed (no answer was given).")
+    completion_tokens: int = Field(ge=0)
+    latency_ms: float = Field(ge=0)
+    ttft_ms: float = Field(ge=0)
+
+
 # --- the stream processor's decoding ----------------------------------------------------
 # The processor validates every record it consumes; pydantic took a third of its time for
 # it. These msgspec mirrors of ChatMessage, InteractionEvent and FeedbackEvent decode the
@@ -238,6 +266,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "feedback_in": FeedbackIn,
     "preference_pair": PreferencePair,
     "preference_label": PreferenceLabel,
+    "response_outcome": ResponseOutcome,
 }
 
 

@@ -53,6 +53,7 @@ from streaming.events import (
     FeedbackKind,
     PreferenceLabel,
     PreferencePair,
+    ResponseOutcome,
     WireFeedback,
     WireInteraction,
     WireMessage,
@@ -76,8 +77,9 @@ class ProcessorConfig(BaseModel):
     grace_s: float = Field(300.0, description="How long feedback waits for its interaction.")
     settle_s: float = Field(
         120.0,
-        description="A response's feedback window: after it, its signals calibrate the "
-        "implicit-signal weights (once per response, so none is counted twice).",
+        description="A response's feedback window. When it closes, the response's signals "
+        "calibrate the implicit-signal weights (once per response, so none is counted "
+        "twice) and its records are made (label, pairs, outcome); late feedback remakes them.",
     )
     max_poll_records: int = 2000
     session_timeout_ms: int = 10_000
@@ -123,15 +125,18 @@ class Known:
 
     event: WireInteraction
     prompt_hash: str
+    calibrated: bool  # its feedback window has closed: its records are out
 
 
 @dataclasses.dataclass(slots=True)
 class Joined:
-    """A stored joined feedback event: its normalized signal, and for an edit its text."""
+    """A stored joined feedback event: its normalized signal, for an edit its text, and
+    for a thumb or rating its vote (+1, -1; 0 for a middle rating or another kind)."""
 
     event_id: str
     signal: Signal
     edited: str | None
+    vote: int
 
 
 # A conversation's stored labels: prompt hash -> response id -> label.
@@ -225,7 +230,8 @@ class Processor:
                     out = self.process(records)  # the store transaction has committed
                     checkpoint.commit(out)  # then publish, flush, offsets
                     self._report_lag(consumer, polled)
-                self.housekeeping()
+                if settled := self.housekeeping():
+                    checkpoint.publish(settled)
         finally:
             checkpoint.close()
 
@@ -261,7 +267,7 @@ class Processor:
             self.store_interactions(tx, batch)
             fresh = self.clean(tx, batch)
             touched = self.join(tx, fresh, batch)
-            out = self.emit(tx, touched)
+            out = self.emit(tx, touched, settled_only=True)  # late feedback; the rest waits
             self._save_fuser(tx)
         for scenario, weights in self.fuser.weights().items():
             for signal, weight in weights.items():
@@ -300,7 +306,7 @@ class Processor:
                 continue  # a replay or a duplicate: the stored one stays
             digest = prompt_hash(e.messages)
             rows.append(s.interaction_row(e, text, digest))
-            remember(rid, Known(e, digest))
+            remember(rid, Known(e, digest, False))
             no_signals(rid, [])  # nothing joins a response before it is stored
         self.store.add_interactions(tx, rows)
 
@@ -360,7 +366,7 @@ class Processor:
                 touched.add(e.response_id)
                 joined = self._joined.use(e.response_id)
                 if joined is not None:  # else not remembered: emit reads it from the store
-                    joined.append(Joined(e.event_id, signal, _edited(e)))
+                    joined.append(Joined(e.event_id, signal, _edited(e), _vote(e)))
             signal_json = None if signal is None else _signal_json(signal)
             if text is None:
                 updates.append(
@@ -376,20 +382,27 @@ class Processor:
         self.store.set_feedback(tx, updates)
         return touched
 
-    def emit(self, tx: Connection, touched: set[str]) -> list[Record]:
-        """Fuse every touched response; upsert its label and any pairs it now makes
-        (the rules are ``streaming.records``)."""
+    def emit(self, tx: Connection, touched: set[str], settled_only: bool) -> list[Record]:
+        """Fuse every touched response and upsert what it now makes (the rules are
+        ``streaming.records``): its label, pairs and outcome. A response makes them once
+        its feedback window has closed (``settled_only``: skip the others, they are made
+        when it closes) and again whenever late feedback arrives. Returns the labels and
+        pairs, for livealign.preferences."""
         if not touched:
             return []
         known = self._stored_interactions(tx, touched)
+        if settled_only:
+            touched = {rid for rid in touched if known[rid].calibrated}
         joined = self._joined_signals(tx, touched)
         config, fuse, trust = self.config.records, self.fuser.fuse, self.fuser.rater_weight
         labels: list[PreferenceLabel] = []
         pairs: list[PreferencePair] = []
+        outcomes: list[ResponseOutcome] = []
         for rid in touched:
             event = known[rid].event
             signals = joined[rid]
-            if made := rules.label(rid, event, fuse(event, [j.signal for j in signals]), config):
+            fused = fuse(event, [j.signal for j in signals])
+            if made := rules.label(rid, event, fused, config):
                 labels.append(made)
             edits = [
                 (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater))
@@ -397,17 +410,23 @@ class Processor:
                 if j.edited is not None
             ]
             pairs += rules.edit_pairs(rid, event, edits)
+            regenerated = any(j.signal.name == "regenerate" for j in signals)
+            votes = (j.vote for j in signals)
+            outcomes.append(rules.outcome(rid, event, fused, votes, regenerated, config))
         updated = now_ms()
         self.store.upsert_labels(tx, [s.label_row(r, updated) for r in labels])
         pairs += self._sibling_pairs(tx, known, labels)
         self.store.upsert_pairs(tx, [s.pair_row(p, updated) for p in pairs])
+        self.store.upsert_outcomes(tx, [s.outcome_row(o, updated) for o in outcomes])
         out: list[Record] = [*labels, *pairs]
         written = Counter(
             ("label", "fused") if isinstance(rec, PreferenceLabel) else ("pair", rec.provenance)
             for rec in out
         )
+        written["outcome", "settled"] = len(outcomes)
         for (kind, provenance), n in written.items():
-            m.PROC_RECORDS.labels(kind, provenance).inc(n)
+            if n:
+                m.PROC_RECORDS.labels(kind, provenance).inc(n)
         return out
 
     def _sibling_pairs(
@@ -451,8 +470,8 @@ class Processor:
                 misses.append(rid)
             else:
                 out[rid] = known
-        for rid, digest, event in self.store.interactions_of(tx, misses):
-            out[rid] = Known(_interaction_event(event), digest)
+        for rid, digest, calibrated, event in self.store.interactions_of(tx, misses):
+            out[rid] = Known(_interaction_event(event), digest, bool(calibrated))
             self._interactions.put(rid, out[rid])
         return out
 
@@ -469,8 +488,9 @@ class Processor:
                 out[rid] = joined
         for rid, event_id, status, kind, signal, event in self.store.feedback_of(tx, misses):
             if status == "joined":
-                edited = _edited(_feedback_event(event)) if kind == "edit" else None
-                out[rid].append(Joined(event_id, _stored_signal(signal), edited))
+                e = _feedback_event(event) if kind in _DECODED else None
+                edited, vote = (None, 0) if e is None else (_edited(e), _vote(e))
+                out[rid].append(Joined(event_id, _stored_signal(signal), edited, vote))
         for rid in misses:
             self._joined.put(rid, out[rid])
         return out
@@ -501,16 +521,17 @@ class Processor:
         return out
 
     # --- time windows -----------------------------------------------------------------------
-    def housekeeping(self, now: int | None = None, every_s: float = 5.0) -> None:
+    def housekeeping(self, now: int | None = None, every_s: float = 5.0) -> list[Record]:
         """The two time windows: the grace period of held feedback, and the feedback
-        window of each response (then it calibrates the implicit weights)."""
+        window of each response (when it closes, the response calibrates the implicit
+        weights and makes its records). Returns the records made, to be published."""
         if now is None and time.monotonic() - self._last_orphan_check < every_s:
-            return
+            return []
         self._last_orphan_check = time.monotonic()
         now = now or now_ms()
         with self._transaction() as tx:
             self.expire_orphans(tx, now - int(self.config.grace_s * 1000))
-            self.calibrate_settled(tx, now - int(self.config.settle_s * 1000))
+            return self.settle(tx, now - int(self.config.settle_s * 1000))
 
     def expire_orphans(self, tx: Connection, cutoff_ms: int) -> None:
         """Feedback whose interaction never came within the grace period: counted, kept
@@ -520,17 +541,24 @@ class Processor:
             m.PROC_ORPHANS.inc(n)
             log.info("%d feedback events orphaned (grace %.0fs)", n, self.config.grace_s)
 
-    def calibrate_settled(self, tx: Connection, cutoff_ms: int, limit: int = 5000) -> None:
+    def settle(self, tx: Connection, cutoff_ms: int, limit: int = 5000) -> list[Record]:
+        """Responses created before the cutoff whose window had not closed yet: each
+        calibrates the fuser once, then makes its records (with the weights it taught)."""
         settled = self.store.settled(tx, cutoff_ms, limit)
         if not settled:
-            return
+            return []
         signals: dict[str, list[Signal]] = defaultdict(list)
         for rid, signal in self.store.joined_signals(tx, settled):
             signals[rid].append(_stored_signal(signal))
         for rid in settled:
             self.fuser.calibrate(signals[rid])
         self.store.mark_calibrated(tx, settled)
+        for rid in settled:
+            if (known := self._interactions.get(rid)) is not None:
+                known.calibrated = True
+        out = self.emit(tx, set(settled), settled_only=False)
         self._save_fuser(tx)
+        return out
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -553,7 +581,9 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 _HELD = ("pending", "orphaned")
-_EDIT = FeedbackKind.edit  # a module constant: Enum attribute lookups are slow
+_EDIT = FeedbackKind.edit  # module constants: Enum attribute lookups are slow
+_THUMB, _RATING = FeedbackKind.thumb, FeedbackKind.rating
+_DECODED = ("edit", "thumb", "rating")  # kinds whose stored event the records need
 # msgspec reads and writes the Signal dataclass directly: 2-10x faster than a dict
 # through pydantic-core or json, and the hot path does it for every joined event.
 _SIGNAL_ENCODER = msgspec.json.Encoder()
@@ -585,6 +615,16 @@ def _feedback_event(stored: Any) -> WireFeedback:
 
 def _interaction_event(stored: Any) -> WireInteraction:
     return decode_interaction(_stored_json(stored))
+
+
+def _vote(e: WireFeedback) -> int:
+    """+1 / -1 for a thumb, or a rating above / below the middle; else 0."""
+    if e.kind is _THUMB:
+        return 1 if float(e.value) > 0 else -1
+    if e.kind is _RATING:
+        rating = float(e.value)
+        return 1 if rating > 3 else -1 if rating < 3 else 0
+    return 0
 
 
 def _edited(e: WireFeedback) -> str | None:

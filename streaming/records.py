@@ -8,7 +8,12 @@ and their thresholds are one config (``RecordConfig``):
 - an **edit pair** (the user's edit > the original answer) for every edit that changed
   the answer, weighted by the edit's strength times the rater's trust;
 - a **sibling pair** for two regenerated answers to the same prompt in one conversation
-  whose fused scores differ by at least ``pair_margin`` (the better one chosen).
+  whose fused scores differ by at least ``pair_margin`` (the better one chosen);
+- an **outcome** for every response, with the adapter and arm that answered: its fused
+  score when confident enough to label (else none), votes, regenerate, error, latency.
+
+All of them once a response's feedback window has settled, and again when late feedback
+changes them.
 
 Every record's id is a hash of its evidence, so the same evidence always makes the same
 record and a replay upserts it in place.
@@ -22,10 +27,16 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, WireInteraction
+from streaming.events import (
+    ChatMessage,
+    PreferenceLabel,
+    PreferencePair,
+    ResponseOutcome,
+    WireInteraction,
+)
 from streaming.fusion import Fused
 
-Record = PreferencePair | PreferenceLabel
+Record = PreferencePair | PreferenceLabel  # what goes to livealign.preferences
 
 
 class RecordConfig(BaseModel):
@@ -124,3 +135,29 @@ def sibling_pairs(
             )
         )  # fmt: skip
     return out
+
+
+def outcome(
+    response_id: str,
+    event: WireInteraction,
+    fused: Fused,
+    votes: Iterable[int],
+    regenerated: bool,
+    config: RecordConfig,
+) -> ResponseOutcome:
+    """The response's outcome. ``votes``: +1 / -1 for each thumb or rating above / below
+    the middle, 0 for a middle rating. Its score counts only when as confident as a label
+    must be: a lone weak implicit signal would otherwise speak for the whole response."""
+    ups = downs = 0
+    for vote in votes:
+        ups += vote > 0
+        downs += vote < 0
+    confident = fused.confidence >= config.label_min_confidence
+    return ResponseOutcome(
+        response_id=response_id, conversation_id=event.conversation_id, adapter=event.adapter,
+        arm=event.arm, created_ms=event.created_ms, score=fused.score if confident else None,
+        confidence=fused.confidence, n_signals=fused.n_signals, thumbs_up=ups,
+        thumbs_down=downs, regenerated=regenerated, error=event.finish_reason == "error",
+        completion_tokens=event.completion_tokens, latency_ms=event.latency_ms,
+        ttft_ms=event.ttft_ms,
+    )  # fmt: skip

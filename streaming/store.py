@@ -47,6 +47,7 @@ from streaming.events import (
     FeedbackKind,
     PreferenceLabel,
     PreferencePair,
+    ResponseOutcome,
     WireFeedback,
     WireInteraction,
 )
@@ -119,6 +120,28 @@ pairs = Table(
     Column("rejected_response_id", String(200), nullable=False),
     Column("adapter", String(200), nullable=False),
     Column("updated_ms", Integer, nullable=False),
+)  # fmt: skip
+
+# One row per settled response: what the canary controller reads, per adapter and arm.
+outcomes = Table(
+    "outcomes", meta,
+    Column("response_id", String(200), primary_key=True),
+    Column("conversation_id", String(200), nullable=False),
+    Column("adapter", String(200), nullable=False),
+    Column("arm", String(50), nullable=False),
+    Column("created_ms", Integer, nullable=False),
+    Column("score", Float),
+    Column("confidence", Float, nullable=False),
+    Column("n_signals", Integer, nullable=False),
+    Column("thumbs_up", Integer, nullable=False),
+    Column("thumbs_down", Integer, nullable=False),
+    Column("regenerated", Boolean, nullable=False),
+    Column("error", Boolean, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=False),
+    Column("updated_ms", Integer, nullable=False),
+    Index("ix_outcomes_adapter", "adapter", "created_ms"),
 )  # fmt: skip
 
 state = Table(
@@ -397,9 +420,13 @@ class PreferenceStore:
     def upsert_pairs(self, conn: Connection, rows: Sequence[Row]) -> None:
         self.write(conn, pairs, rows, replace=True)
 
+    def upsert_outcomes(self, conn: Connection, rows: Sequence[Row]) -> None:
+        self.write(conn, outcomes, rows, replace=True)
+
     def interactions_of(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
-        """(response_id, prompt_hash, event JSON) of the stored interactions among these."""
-        columns = ("response_id", "prompt_hash", "event")
+        """(response_id, prompt_hash, calibrated, event JSON) of the stored interactions
+        among these."""
+        columns = ("response_id", "prompt_hash", "calibrated", "event")
         return self.select_in(conn, interactions, columns, "response_id", response_ids)
 
     def feedback_status(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
@@ -441,6 +468,12 @@ class PreferenceStore:
                               response_ids)  # fmt: skip
         return [(rid, signal) for rid, status, signal in rows if status == "joined"]
 
+    def unsettled(self) -> int:
+        """Stored responses whose feedback window has not closed yet (no records made)."""
+        stmt = select(func.count()).select_from(interactions).where(~interactions.c.calibrated)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(stmt) or 0)
+
     def mark_calibrated(self, conn: Connection, response_ids: list[str]) -> None:
         for i in range(0, len(response_ids), CHUNK):
             conn.execute(
@@ -448,6 +481,27 @@ class PreferenceStore:
                 .where(interactions.c.response_id.in_(response_ids[i : i + CHUNK]))
                 .values(calibrated=True)
             )
+
+    # --- the canary controller's questions -------------------------------------------------
+    def outcomes_since(self, adapters: Sequence[str], since_ms: int) -> list[dict[str, Any]]:
+        """Settled outcomes of responses by these adapters created after ``since_ms``."""
+        stmt = select(outcomes).where(
+            and_(outcomes.c.adapter.in_(list(adapters)), outcomes.c.created_ms > since_ms)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def conversations_by_arm(self, since_ms: int) -> dict[str, int]:
+        """Conversations whose first interaction came after ``since_ms``, by arm."""
+        first = (
+            select(interactions.c.conversation_id, func.min(interactions.c.created_ms).label("t"),
+                   func.min(interactions.c.arm).label("arm"))
+            .group_by(interactions.c.conversation_id)
+            .subquery()
+        )  # fmt: skip
+        stmt = select(first.c.arm, func.count()).where(first.c.t > since_ms).group_by(first.c.arm)
+        with self.engine.connect() as conn:
+            return {str(arm): int(n) for arm, n in conn.execute(stmt)}
 
     # --- the trainer's questions ----------------------------------------------------------
     def records_since(
@@ -505,6 +559,14 @@ def label_row(r: PreferenceLabel, updated_ms: int) -> Row:
     return (
         r.response_id, _messages_json(r.prompt), r.completion, r.desirable, r.weight, r.score,
         r.confidence, r.scenario, r.adapter, r.n_signals, updated_ms,
+    )  # fmt: skip
+
+
+def outcome_row(o: ResponseOutcome, updated_ms: int) -> Row:
+    return (
+        o.response_id, o.conversation_id, o.adapter, o.arm, o.created_ms, o.score, o.confidence,
+        o.n_signals, o.thumbs_up, o.thumbs_down, o.regenerated, o.error, o.completion_tokens,
+        o.latency_ms, o.ttft_ms, updated_ms,
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         partitions=2,
         max_model_len=512,
         default_max_tokens=16,
+        settle_s=2.0,  # feedback windows close within seconds, so records come soon
         trainer=False,  # rounds are driven by the trainer tests themselves
     )
     with LocalStack(settings) as running:

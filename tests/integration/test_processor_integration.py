@@ -79,8 +79,9 @@ class ProcessorProc:
             "--home", str(stack.settings.home),
         ]  # fmt: skip
         self.log = log
+        env = {**os.environ, "LIVEALIGN_SETTLE_S": "1"}  # feedback windows close at once
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

@@ -122,6 +122,11 @@ def snapshot(store: PreferenceStore) -> dict[str, Any]:
     return out
 
 
+# Later than every response's feedback window (120 s) in the stream, within the grace
+# period of its held feedback (300 s): windows close, nothing is orphaned.
+LATER = 130_000
+
+
 def records(out: list[Record]) -> list[str]:
     return sorted(r.model_dump_json() for r in out)
 
@@ -143,6 +148,9 @@ def run(
             processor.store.close()
             processor = start()  # nothing remembered, the fuser from the store
         out += processor.process(list(batch))
+        if i % 3 == 2:  # windows close now and then: the rest of the feedback comes late
+            out += processor.housekeeping(now=LATER)
+    out += processor.housekeeping(now=LATER)
     assert processor.store.load_fuser() == processor.fuser.state_dict()
     return snapshot(processor.store), records(out)
 
@@ -197,6 +205,7 @@ def test_a_replayed_batch_changes_nothing(batches: list[list[Rec]], tmp_path: Pa
     processor = Processor(cfg)
     for batch in batches[:40]:
         processor.process(list(batch))
+        processor.housekeeping(now=LATER)
     before = snapshot(processor.store)
     again = Processor(cfg)  # restarted before the offsets of the last batches were committed
     for batch in batches[30:40]:
@@ -221,6 +230,7 @@ def test_a_failed_batch_is_forgotten(
     with pytest.raises(RuntimeError, match="disk full"):
         for batch in batches[20:]:
             processor.process(list(batch))
+            processor.housekeeping(now=LATER)
     assert not processor._interactions and not processor._joined and not processor._pending
     monkeypatch.setattr(processor.store, "write", write)
     processor.process(list(batches[-1]))
@@ -274,7 +284,9 @@ def test_siblings_labelled_together_make_one_pair(good_first: bool, tmp_path: Pa
 
     good = [answer("good", "v2"), *judged("good", True)]
     bad = [answer("bad", "v1"), *judged("bad", False)]
-    out = Processor(config(tmp_path, "siblings")).process(good + bad if good_first else bad + good)
+    processor = Processor(config(tmp_path, "siblings"))
+    assert processor.process(good + bad if good_first else bad + good) == []  # not settled yet
+    out = processor.housekeeping(now=LATER)
     pairs = [r for r in out if isinstance(r, PreferencePair) and r.provenance == "regenerate"]
     assert len(pairs) == 1
     [pair] = pairs
