@@ -40,6 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from serving.canary.policy import CanaryPolicy
 from serving.config import EngineConfig, ServingConfig
 from streaming.fusion import FusionConfig
 from streaming.processor import ProcessorConfig
@@ -55,6 +56,7 @@ _TOML_FILE: ContextVar[Path | None] = ContextVar("livealign_toml_file", default=
 _OWNED = {
     "fusion_overrides": {"mode": "fusion_mode"},
     "record_overrides": {},
+    "canary_overrides": {},
     "trainer_overrides": {
         "interval_s": "trainer_interval_s",
         "min_new_records": "trainer_min_new_records",
@@ -126,6 +128,15 @@ class Settings(BaseSettings):
         description="Any other TrainerConfig field, nested ones merged: in TOML a table "
         "[trainer_overrides.train] with max_length = 192, say.",
     )
+    canary: bool = Field(True, description="Start the canary controller with the stack.")
+    canary_unit: Literal["conversation", "user"] = Field(
+        "conversation", description="What a canary arm is assigned to (sticky)."
+    )
+    canary_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any CanaryPolicy field (steps, alpha, margin, guardrails...): a table "
+        "[canary_overrides] with steps = [0.1, 0.5, 1.0], say.",
+    )
     admin_key: SecretStr | None = Field(None, description="Admin API key; none: made once.")
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
@@ -159,7 +170,11 @@ class Settings(BaseSettings):
                     raise ValueError(f"{table}: {key!r} is the setting {owned[key]!r}; set that")
         FusionConfig.model_validate({**self.fusion_overrides, "mode": self.fusion_mode})
         RecordConfig.model_validate(self.record_overrides)
+        self.canary_policy()
         return self
+
+    def canary_policy(self) -> CanaryPolicy:
+        return CanaryPolicy.model_validate(self.canary_overrides)
 
     def to_env(self, **replace: Any) -> dict[str, str]:
         """These settings as LIVEALIGN_* environment variables, for a child process that
@@ -219,6 +234,7 @@ class Settings(BaseSettings):
             user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
             registry_dir=self.registry_dir,
+            canary_unit=self.canary_unit,
         )
 
     def resolved_dtype(self) -> Literal["bfloat16", "float32"]:

@@ -19,7 +19,9 @@ class EngineConfig(BaseModel):
     max_model_len: int = 2048
     kv_cache_gib: int = Field(1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     enable_lora: bool = True
-    max_loras: int = 2
+    max_loras: int = Field(
+        3, description="Adapters loaded at once: stable and canary, and a stable swapping in."
+    )
     max_lora_rank: Literal[8, 16, 32, 64] = 16
     max_num_seqs: int = 64
     enforce_eager: bool = False
@@ -41,6 +43,11 @@ class ServingConfig(BaseModel):
     )
     registry_dir: Path | None = Field(None, description="Adapter registry; none: base only.")
     registry_poll_s: float = Field(2.0, description="How often the registry's state is read.")
+    canary_unit: Literal["conversation", "user"] = Field(
+        "conversation",
+        description="What a canary arm is assigned to: each conversation, or each (hashed) "
+        "user, so one user always sees one arm (requests without a user: their conversation).",
+    )
     drain_timeout_s: float = Field(300.0, description="Longest wait for in-flight requests.")
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
     replica_num_cpus: float = 0.5
