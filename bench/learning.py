@@ -44,6 +44,7 @@ from livealign.users import PopulationConfig, judge, n_words
 from streaming import store as s
 from streaming.broker import free_port
 from streaming.store import PreferenceStore
+from trainer.registry import Registry
 
 log = logging.getLogger("learning")
 
@@ -162,6 +163,11 @@ def run_rounds(
                  report.get("version") or "", report.get("reasons"), round_s)  # fmt: skip
         n_pairs, n_labels = store.count(s.pairs), store.count(s.labels)
         if report["outcome"] == "published":
+            # Judged at once, as an operator would who promotes each new canary: this
+            # bench measures learning; bench/canary.py measures the rollout.
+            Registry(stack.settings.registry_dir).set_state(
+                stable=report["version"], action="promote", reason="learning bench"
+            )
             wait_served(stack.url, report["version"])
             now = judged(stack.url, held_out, population, max_tokens)
             current = Point(

@@ -115,6 +115,10 @@ def main() -> None:
         if report.outcome != "published" or report.version is None:
             print(f"round {report.outcome}: {report.reasons}; metrics {report.metrics}")
             return
+        # Promoted at once (this bench measures the loop's cost, not the canary's trial).
+        Registry(settings.registry_dir).set_state(
+            stable=report.version, action="promote", reason="loop bench"
+        )
         wait_served(stack.url, report.version)
         t_swap = time.perf_counter()
         r = httpx.post(f"{stack.url}/v1/chat/completions", json=chat_body("hi", 8), timeout=120)

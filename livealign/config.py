@@ -41,7 +41,7 @@ from pydantic_settings import (
 )
 
 from serving.canary.policy import CanaryPolicy
-from serving.config import EngineConfig, ServingConfig
+from serving.config import ControllerConfig, EngineConfig, ServingConfig
 from streaming.fusion import FusionConfig
 from streaming.processor import ProcessorConfig
 from streaming.producer import ProducerConfig
@@ -175,6 +175,14 @@ class Settings(BaseSettings):
 
     def canary_policy(self) -> CanaryPolicy:
         return CanaryPolicy.model_validate(self.canary_overrides)
+
+    def controller_config(self, bootstrap: str) -> ControllerConfig:
+        return ControllerConfig(
+            registry_dir=self.registry_dir,
+            store_url=self.processor_config(bootstrap).store_url,
+            bootstrap_servers=bootstrap,
+            policy=self.canary_policy(),
+        )
 
     def to_env(self, **replace: Any) -> dict[str, str]:
         """These settings as LIVEALIGN_* environment variables, for a child process that

@@ -47,6 +47,8 @@ class LocalStack:
         self.processor_metrics_port = 0
         self.trainer: Any = None
         self.trainer_metrics_port = 0
+        self.canary: Any = None
+        self.canary_metrics_port = 0
 
     @property
     def url(self) -> str:
@@ -89,6 +91,8 @@ class LocalStack:
         config = s.serving_config(model_path, self.bootstrap)
         serve.run(build_app(config), name="livealign", route_prefix="/", blocking=False)
         self._wait_ready(timeout)
+        if s.canary:
+            self.start_canary()
         if s.trainer:
             self.start_trainer(model_path)
         log.info("serving %s at %s/v1 (Kafka %s)", model_path.name, self.url, self.bootstrap)
@@ -114,6 +118,15 @@ class LocalStack:
         config = self.settings.trainer_config(model_path, self.bootstrap)
         self.trainer = TrainerActor.remote(config, self.trainer_metrics_port)  # type: ignore[attr-defined]
         self.trainer.loop.remote()
+
+    def start_canary(self) -> None:
+        """The canary controller Ray actor: judges each new version on live feedback."""
+        from serving.canary.actor import CanaryActor
+
+        self.canary_metrics_port = free_port()
+        config = self.settings.controller_config(self.bootstrap)
+        self.canary = CanaryActor.remote(config, self.canary_metrics_port)  # type: ignore[attr-defined]
+        self.canary.loop.remote()
 
     def start_processor(self) -> None:
         """The stream processor runs in its own process, as it would in a cluster."""
@@ -158,6 +171,10 @@ class LocalStack:
                 with contextlib.suppress(Exception):  # it may be mid-round; ray ends it anyway
                     ray.get(self.trainer.stop.remote(), timeout=5)
                 self.trainer = None
+            if self.canary is not None:
+                with contextlib.suppress(Exception):
+                    ray.get(self.canary.stop.remote(), timeout=5)
+                self.canary = None
 
             try:
                 serve.shutdown()

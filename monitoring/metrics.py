@@ -128,3 +128,20 @@ GATE_METRIC = Gauge(
     "Gate metrics of the latest candidate (pref_accuracy, win_rate, ...).",
     ["candidate", "metric"],
 )
+
+# --- canary controller ---------------------------------------------------------------
+CANARY_DECISIONS = Counter(
+    "livealign_canary_decisions_total",
+    "Canary controller decisions, by canary version, action and reason.",
+    ["adapter", "action", "reason"],
+)
+CANARY_SETTLED = Gauge(
+    "livealign_canary_settled_conversations",
+    "Settled, scored conversations of each arm since the canary's rollout started.",
+    ["adapter", "arm"],
+)
+CANARY_DIFFERENCE = Gauge(
+    "livealign_canary_score_difference",
+    "Canary minus stable mean fused score: the estimate and its anytime-valid bounds.",
+    ["adapter", "bound"],
+)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from serving.canary.policy import CanaryPolicy
 from streaming.producer import ProducerConfig
 
 
@@ -52,3 +53,13 @@ class ServingConfig(BaseModel):
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
     replica_num_cpus: float = 0.5
     max_ongoing_requests: int = 128
+
+
+class ControllerConfig(BaseModel):
+    """The canary controller's: where it reads and writes, and its policy."""
+
+    registry_dir: Path
+    store_url: str = Field(description="SQLAlchemy URL of the preference store.")
+    bootstrap_servers: str | None = Field(None, description="Kafka for the decisions topic.")
+    policy: CanaryPolicy = Field(default_factory=CanaryPolicy)
+    request_timeout_ms: int = 10_000

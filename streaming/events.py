@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 TOPIC_INTERACTIONS = "livealign.interactions"
 TOPIC_FEEDBACK = "livealign.feedback"
 TOPIC_PREFERENCES = "livealign.preferences"
+TOPIC_DECISIONS = "livealign.decisions"  # the canary controller's decisions, one per interval
 
 
 def now_ms() -> int:

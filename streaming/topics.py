@@ -8,10 +8,15 @@ import logging
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streaming.events import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, TOPIC_PREFERENCES
+from streaming.events import (
+    TOPIC_DECISIONS,
+    TOPIC_FEEDBACK,
+    TOPIC_INTERACTIONS,
+    TOPIC_PREFERENCES,
+)
 
 log = logging.getLogger(__name__)
-TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_PREFERENCES)
+TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_PREFERENCES, TOPIC_DECISIONS)
 
 
 def ensure_topics(bootstrap: str, partitions: int = 4, replication: int = 1) -> None:

@@ -41,7 +41,9 @@ class TrainerActor:
 
     def due(self) -> bool:
         """A round is due when enough new records arrived, or the interval passed with
-        at least a few (``min_records``) new ones."""
+        at least a few (``min_records``) new ones; never while a canary is on trial."""
+        if self.trainer.canary_on_trial():
+            return False
         new = self.trainer.new_records()
         overdue = time.monotonic() - self._last_round >= self.config.interval_s
         return new >= self.config.min_new_records or (overdue and new >= self.config.min_records)

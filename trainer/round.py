@@ -1,9 +1,16 @@
 """One training round, start to end: data -> reward model -> policy -> gate -> publish.
 
 Plain Python, so it can be tested and timed without Ray; ``trainer.actor`` schedules it.
-Each round trains from the adapter now served, on the records that arrived after the
-data window of that adapter, and never leaves a half-published version behind (the
-registry renames a complete folder into place or nothing at all).
+Each round trains from the stable adapter, on the records that arrived after the data
+window of that adapter, and never leaves a half-published version behind (the registry
+renames a complete folder into place or nothing at all).
+
+A version that passes the offline gate is published as the *canary*, never straight to
+stable: the canary controller gives it a share of live traffic and promotes or rolls it
+back on the users' feedback. While a canary is on trial the trainer waits (no round):
+a newer candidate replacing it would restart the analysis and expose users to two
+untested versions in a row, and nothing is lost by waiting, because the next round's
+data window starts where the stable version's ended and so covers the trial's feedback.
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ class Trainer:
         labels = [PreferenceLabel.model_validate(r) for r in label_rows]
         return pairs, labels
 
+    def canary_on_trial(self) -> str | None:
+        return self.registry.state().canary
+
     def new_records(self) -> int:
         """Counted in the store (the actor asks every few seconds: nothing is loaded)."""
         return self.store.count_records_since(self.window_start())
@@ -85,6 +95,9 @@ class Trainer:
     def _run(self, report: RoundReport) -> None:
         cfg = self.config
         self.registry.gc_temp(older_than_s=0)  # leftovers of a round killed midway
+        if canary := self.canary_on_trial():
+            report.reasons = [f"{canary} is on trial as the canary: waiting for its verdict"]
+            return
         stable = self.registry.state().stable
         report.parent = stable
         parent_dir = self.registry.path(stable) if stable else None
@@ -144,10 +157,12 @@ class Trainer:
                 policy.adapter_dir, parent=stable, base_model=str(cfg.base_model),
                 data_window=window, metrics=report.metrics,
             )  # fmt: skip
-            self.registry.set_state(stable=manifest.ref, action="publish", reason="gate passed")
+            self.registry.set_state(
+                canary=manifest.ref, action="publish", reason="gate passed: on trial as canary"
+            )
             report.seconds["publish"] = time.perf_counter() - t
             report.outcome, report.version = "published", manifest.ref
-            log.info("published %s (parent %s)", manifest.ref, stable)
+            log.info("published %s as the canary (parent %s)", manifest.ref, stable)
         finally:
             for stage, secs in report.seconds.items():
                 m.ROUND_SECONDS.labels(stage).observe(secs)

@@ -94,7 +94,11 @@ def test_round_publishes_a_complete_verified_version(tmp_path: Path) -> None:
     assert manifest.data_window.n_pairs == len(QUESTIONS) and manifest.data_window.to_ms > 0
     assert {"pref_accuracy", "dpo_loss"} <= set(manifest.metrics)
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(manifest.files)
-    assert registry.state().stable == manifest.ref
+    # Published as the canary, never straight to stable; the trainer waits for its verdict.
+    assert (registry.state().canary, registry.state().stable) == (manifest.ref, None)
+    waiting = Trainer(cfg).run_round()
+    assert waiting.outcome == "skipped" and "on trial as the canary" in waiting.reasons[0]
+    registry.set_state(stable=manifest.ref, action="promote", reason="its canary passed")
     # No new records since that version's window: the next round has nothing to do.
     assert Trainer(cfg).run_round().outcome == "skipped"
 
@@ -103,7 +107,7 @@ def test_round_publishes_a_complete_verified_version(tmp_path: Path) -> None:
     rejected = Trainer(cfg).run_round()
     assert rejected.outcome == "rejected", rejected
     assert any("accuracy" in r for r in rejected.reasons)
-    assert registry.state().stable == manifest.ref
+    assert (registry.state().stable, registry.state().canary) == (manifest.ref, None)
     assert [v.ref for v in registry.versions()] == [manifest.ref]
 
 
