@@ -10,6 +10,7 @@ and changes nothing, so restarts neither lose nor duplicate records.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from streaming.events import (
     ChatMessage,
@@ -207,9 +209,22 @@ class PreferenceStore:
         self.direct = self.engine.dialect.name == "sqlite"
         if self.direct:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        meta.create_all(self.engine)
+        self._create_tables()
         self._sql: dict[tuple[str, ...], str] = {}
         self._rater_seq: int | None = None  # the next rater_state.seq, once known
+
+    def _create_tables(self, attempts: int = 5) -> None:
+        """Create missing tables. Processors of one group start together and each creates
+        what it finds missing: one may create a table after another looked for it, and
+        the loser's CREATE fails. Looking again then finds it."""
+        for attempt in range(attempts):
+            try:
+                meta.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
