@@ -6,6 +6,8 @@ import json
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -133,7 +135,10 @@ def chat(
         info = info or (chunk.model_extra or {}).get("livealign") or {}
         if chunk.choices and chunk.choices[0].delta.content:
             typer.echo(chunk.choices[0].delta.content, nl=False)
-    typer.echo(f"\n[response {info.get('response_id')} adapter {info.get('adapter')}]")
+    typer.echo(
+        f"\n[response {info.get('response_id')} adapter {info.get('adapter')}"
+        f" arm {info.get('arm')}]"
+    )
     if thumb is not None:
         r = httpx.post(
             f"{url}/v1/feedback",
@@ -215,14 +220,22 @@ def prepare(
 adapters_app = typer.Typer(help="Adapter versions: list, promote, roll back (admin API).")
 app.add_typer(adapters_app, name="adapters")
 UrlOpt = Annotated[str, typer.Option(help="LiveAlign base URL.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
 KeyOpt = Annotated[
     str | None, typer.Option(help="Admin key; default: LIVEALIGN_ADMIN_KEY or the home's.")
 ]
 
 
-def _admin_call(method: str, url: str, path: str, key: str | None, home: Path | None) -> None:
-    import json
-
+def _admin_call(
+    method: str,
+    url: str,
+    path: str,
+    key: str | None,
+    home: Path | None,
+    body: dict[str, Any] | None = None,
+    show: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Call the admin API; print the answer with ``show`` (JSON if none, or on an error)."""
     import httpx
 
     if key is None:
@@ -230,16 +243,19 @@ def _admin_call(method: str, url: str, path: str, key: str | None, home: Path | 
         stored = settings.serving_config(Path("."), "").admin_key
         key = stored.get_secret_value() if stored else ""
     r = httpx.request(
-        method, f"{url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=300
+        method, f"{url}{path}", headers={"Authorization": f"Bearer {key}"}, json=body, timeout=300
     )
-    typer.echo(json.dumps(r.json(), indent=2))
+    if r.status_code >= 400 or show is None:
+        typer.echo(json.dumps(r.json(), indent=2))
+    else:
+        show(r.json())
     if r.status_code >= 400:
         raise typer.Exit(1)
 
 
 @adapters_app.command("list")
 def adapters_list(
-    url: UrlOpt = "http://127.0.0.1:8000", admin_key: KeyOpt = None, home: Path | None = None
+    url: UrlOpt = DEFAULT_URL, admin_key: KeyOpt = None, home: Path | None = None
 ) -> None:
     """Every published version with its manifest, and which one serves."""
     _admin_call("GET", url, "/admin/adapters", admin_key, home)
@@ -247,7 +263,7 @@ def adapters_list(
 
 @adapters_app.command("promote")
 def adapters_promote(
-    ref: str, url: UrlOpt = "http://127.0.0.1:8000", admin_key: KeyOpt = None,
+    ref: str, url: UrlOpt = DEFAULT_URL, admin_key: KeyOpt = None,
     home: Path | None = None,
 ) -> None:  # fmt: skip
     """Serve version REF (e.g. livealign@3) from now on."""
@@ -256,11 +272,97 @@ def adapters_promote(
 
 @adapters_app.command("rollback")
 def adapters_rollback(
-    ref: str, url: UrlOpt = "http://127.0.0.1:8000", admin_key: KeyOpt = None,
+    ref: str, url: UrlOpt = DEFAULT_URL, admin_key: KeyOpt = None,
     home: Path | None = None,
 ) -> None:  # fmt: skip
     """Go back to an earlier version REF, or to ``base``."""
     _admin_call("POST", url, f"/admin/adapters/{ref}/rollback", admin_key, home)
+
+
+canary_app = typer.Typer(
+    help="The canary rollout: status, promote, abort, pause, resume, set-weight (admin API)."
+)
+app.add_typer(canary_app, name="canary")
+
+
+@canary_app.command("status")
+def canary_status(
+    url: UrlOpt = DEFAULT_URL, admin_key: KeyOpt = None, home: Path | None = None
+) -> None:
+    """Stable, canary, weight, rollout, the last decisions, and what the replica loaded."""
+    _admin_call("GET", url, "/admin/canary", admin_key, home, show=_show_canary)
+
+
+def _canary_command(command: str, help_text: str) -> None:
+    """``livealign canary COMMAND``: POST /admin/canary/COMMAND, then show the status."""
+
+    def call(url: UrlOpt = DEFAULT_URL, admin_key: KeyOpt = None, home: Path | None = None) -> None:
+        _admin_call("POST", url, f"/admin/canary/{command}", admin_key, home, show=_show_canary)
+
+    canary_app.command(command, help=help_text)(call)
+
+
+for _command, _help in (
+    ("promote", "Make the canary stable now."),
+    ("abort", "Roll the canary back now."),
+    ("pause", "Stop the controller's promotions (it still rolls back a harmful canary)."),
+    ("resume", "Let the controller promote again."),
+):
+    _canary_command(_command, _help)
+
+
+@canary_app.command("set-weight")
+def canary_set_weight(
+    weight: Annotated[float, typer.Argument(help="One of the policy's steps, e.g. 0.25.")],
+    url: UrlOpt = DEFAULT_URL, admin_key: KeyOpt = None, home: Path | None = None,
+) -> None:  # fmt: skip
+    """Move the rollout to the step of WEIGHT (the canary's share of conversations)."""
+    path, body = "/admin/canary/set-weight", {"weight": weight}
+    _admin_call("POST", url, path, admin_key, home, body=body, show=_show_canary)
+
+
+def _show_canary(status: dict[str, Any]) -> None:
+    """The canary status of ``GET /admin/canary``, for a human."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"stable:  {status['stable'] or 'base'}")
+    console.print(
+        f"canary:  {_describe_canary(status['canary'], status['weight'], status['rollout'])}"
+    )
+    replica = status["replica"]
+    console.print(
+        f"replica: stable {replica['stable']}, canary "
+        f"{_describe_canary(replica['canary'], replica['canary_weight'], None)}"
+    )
+    for ref, why in replica["refused"].items():
+        console.print(f"refused: {ref}: {why}")
+    if not status["decisions"]:
+        console.print("no decisions yet")
+        return
+    table = Table("at", "action", "reason", "weight", "message", title="last decisions")
+    for d in status["decisions"]:
+        at = d.get("at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+        weight = d.get("weight")
+        table.add_row(
+            when, str(d.get("action", "-")), str(d.get("reason", "-")),
+            f"{weight:.0%}" if isinstance(weight, int | float) else "-",
+            str(d.get("message", "")),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _describe_canary(ref: str | None, weight: float, rollout: dict[str, Any] | None) -> str:
+    if ref is None:
+        return "none"
+    text = f"{ref} at {weight:.0%}"
+    if rollout is not None:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(rollout["started_ms"] / 1000))
+        text += f", step {rollout['step'] + 1} of the rollout started {since}"  # from 1
+        text += " (paused)" if rollout["paused"] else ""
+    return text
 
 
 @app.command()

@@ -99,7 +99,15 @@ FUSION_WEIGHT = Gauge(
 
 # --- adapters --------------------------------------------------------------------------
 SERVED_ADAPTER = Gauge(
-    "livealign_served_adapter", "1 for the adapter version new requests go to.", ["adapter"]
+    "livealign_served_adapter",
+    "1 for each adapter version new requests go to (stable, and the canary if any).",
+    ["adapter"],
+)
+CANARY_WEIGHT = Gauge(
+    "livealign_canary_weight",
+    "Share of new conversations this replica routes to the canary version (0 once it is "
+    "promoted or rolled back).",
+    ["adapter"],
 )
 ADAPTER_SWAPS = Counter(
     "livealign_adapter_swaps_total", "Adapter swaps, by result (ok, refused).", ["result"]

@@ -1,10 +1,16 @@
-"""Which LoRA adapter serves, and swapping it without dropping a request.
+"""Which LoRA adapters serve, and swapping them without dropping a request.
+
+Two slots: ``stable``, which answers by default, and ``canary``, the version on trial,
+which answers the conversations (or users) that ``serving.canary.assign`` puts on it at
+the registry's ``canary_weight``. Both follow the registry's state.json.
 
 A new version is loaded into vLLM under its own name (``livealign@4``), never reloaded
 in place: vLLM's prefix cache is keyed by adapter name and would go stale. New requests
 switch to it at once; requests in flight on the old version finish on it; then the old
-one is unloaded. A version whose files fail their checksums or do not fit the base model
-is refused, and the current one keeps serving.
+one is unloaded. A promoted canary moves into the stable slot as it is (it is loaded
+already, and its conversations go on on the same adapter). A version whose files fail
+their checksums or do not fit the base model is refused: as stable, the current one keeps
+serving; as canary, nobody is routed to it.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from typing import Any
 from vllm.lora.request import LoRARequest
 
 from monitoring import metrics as m
-from serving.chat import BASE_ADAPTER, STABLE_ARM, Route
+from serving.canary import assign
+from serving.chat import BASE_ADAPTER, CANARY_ARM, PINNED_ARM, STABLE_ARM, Route
 from serving.engine import Engine
-from trainer.registry import Registry, RegistryError
+from serving.protocol import APIError
+from trainer.registry import Registry, RegistryError, RegistryState
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,9 @@ class Slot:
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __post_init__(self) -> None:
+        self.idle.set()  # nothing runs on a slot yet
+
     def acquire(self) -> None:
         self.in_flight += 1
         self.idle.clear()
@@ -49,53 +60,169 @@ class Slot:
 
 class AdapterManager:
     def __init__(
-        self, engine: Engine, registry: Registry | None, drain_timeout_s: float = 300.0
+        self,
+        engine: Engine,
+        registry: Registry | None,
+        secret: bytes,
+        drain_timeout_s: float = 300.0,
     ) -> None:
         self.engine = engine
         self.registry = registry
+        self.secret = secret  # keys the canary assignment's hash
         self.drain_timeout_s = drain_timeout_s
-        self.current = Slot(BASE_ADAPTER, None)
-        self.current.idle.set()
+        self.stable = Slot(BASE_ADAPTER, None)
+        self.canary: Slot | None = None
+        self.canary_weight = 0.0  # as this replica routes it
         self.refused: dict[str, str] = {}  # ref -> why; not retried until it changes
         self._next_id = 1
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one change of the slots at a time
         self._base_config: dict[str, Any] = json.loads(
             (Path(engine.config.model_path) / "config.json").read_text()
         )
-        m.SERVED_ADAPTER.labels(BASE_ADAPTER).set(1)
+        _routed(self.stable, True)
 
-    def route(self) -> tuple[Route, Slot]:
-        """The adapter for a new request; release the slot when the request is over."""
-        slot = self.current
+    # --- routing ----------------------------------------------------------------------
+    def route(self, key: str, pin: str | None = None) -> tuple[Route, Slot]:
+        """The adapter for a new request of unit ``key`` (``assign.unit_key``), or of the
+        arm an operator pinned; release the slot when the request is over."""
+        slot, arm = self._pick(key, pin)
         slot.acquire()
-        return Route(adapter=slot.ref, arm=STABLE_ARM, lora=slot.lora), slot
+        return Route(adapter=slot.ref, arm=arm, lora=slot.lora), slot
+
+    def _pick(self, key: str, pin: str | None) -> tuple[Slot, str]:
+        canary = self.canary
+        if pin == CANARY_ARM:
+            if canary is None:
+                raise APIError(409, "no canary is loaded to pin to", code="no_canary")
+            return canary, PINNED_ARM
+        if pin == STABLE_ARM:
+            return self.stable, PINNED_ARM
+        if canary is not None and assign.on_canary(
+            self.secret, canary.ref, key, self.canary_weight
+        ):
+            return canary, CANARY_ARM
+        return self.stable, STABLE_ARM
+
+    @property
+    def canary_ref(self) -> str | None:
+        return self.canary.ref if self.canary else None
+
+    def loaded(self) -> dict[str, Any]:
+        """What this replica serves now. ``lora_ids``: vLLM's id of each adapter, new at
+        every load (so a promoted canary keeping its id was not reloaded)."""
+        slots = (self.stable, self.canary)
+        return {
+            "stable": self.stable.ref,
+            "canary": self.canary_ref,
+            "canary_weight": self.canary_weight,
+            "refused": dict(self.refused),
+            "lora_ids": {s.ref: s.lora.lora_int_id for s in slots if s is not None and s.lora},
+        }
+
+    # --- following the registry -------------------------------------------------------
+    async def follow_registry(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
+        """Serve whatever the registry says (published by the trainer, moved on by the
+        canary controller, or set by an operator through the admin API on any replica)."""
+        while not stop.is_set():
+            try:
+                await self.sync()
+            except RegistryError as exc:  # state.json unreadable: keep serving what is loaded
+                log.warning("registry state not followed: %s", exc)
+            except Exception:
+                log.exception("registry check failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+
+    async def sync(self) -> None:
+        """One look at state.json: its stable, then its canary at its weight (stable first,
+        so that a promoted canary is moved over, not dropped). Read under the lock: a sync
+        that read an older state can never undo a newer one applied meanwhile (by the
+        admin API's sync, say) and send a conversation back and forth."""
+        start = time.perf_counter()
+        async with self._lock:
+            state = self.registry.state() if self.registry else RegistryState()
+            old_stable = await self._follow_stable(state.stable or BASE_ADAPTER)
+            old_canary = await self._follow_canary(state.canary, state.canary_weight)
+        # Drained with the lock released: a long request must not hold up the next change.
+        await asyncio.gather(self._swapped(old_stable, start), self._retire(old_canary))
 
     async def swap_to(self, ref: str) -> None:
-        """Serve ``ref`` (or ``"base"``) from now on. Raises ``RegistryError`` if refused."""
+        """Serve ``ref`` (or ``"base"``) as stable from now on. Raises ``RegistryError``
+        if refused."""
+        start = time.perf_counter()
         async with self._lock:
-            if ref == self.current.ref:
-                return
-            start = time.perf_counter()
-            try:
-                new = await self._load(ref)
-            except RegistryError as exc:
-                self.refused[ref] = str(exc)
-                m.ADAPTER_SWAPS.labels("refused").inc()
-                log.error("adapter %s refused, %s keeps serving: %s", ref, self.current.ref, exc)
-                raise
-            old, self.current = self.current, new
-            m.SERVED_ADAPTER.labels(old.ref).set(0)
-            m.SERVED_ADAPTER.labels(new.ref).set(1)
-            log.info("now serving %s (was %s); draining %d in flight", ref, old.ref, old.in_flight)
+            old = await self._replace_stable(ref)
+        await self._swapped(old, start)
+
+    async def _follow_stable(self, wanted: str) -> Slot | None:
+        if wanted in self.refused:
+            return None
+        try:
+            return await self._replace_stable(wanted)
+        except RegistryError:  # logged and counted in _admit; the current one keeps serving
+            return None
+
+    async def _replace_stable(self, ref: str) -> Slot | None:
+        """Put ``ref`` in the stable slot (the canary's adapter if it is the canary's
+        ref); the slot it replaced, to retire, or None if ``ref`` is stable already."""
+        if ref == self.stable.ref:
+            return None
+        if self.canary is not None and ref == self.canary.ref:
+            new = self._take_canary(self.canary)
+        else:
+            new = await self._admit(ref, "stable")
+        old, self.stable = self.stable, new
+        _routed(old, False)
+        _routed(new, True)
+        log.info("stable is %s (was %s); draining %d in flight", ref, old.ref, old.in_flight)
+        return old
+
+    async def _swapped(self, old: Slot | None, start: float) -> None:
+        """Retire the stable slot a swap replaced, and count the swap."""
+        if old is None:
+            return
         await self._retire(old)
         m.ADAPTER_SWAPS.labels("ok").inc()
         m.SWAP_SECONDS.observe(time.perf_counter() - start)
 
+    async def _follow_canary(self, wanted: str | None, weight: float) -> Slot | None:
+        """Load the registry's canary, drop one it no longer names (returned, to retire),
+        route at its weight."""
+        current = self.canary
+        old = self._take_canary(current) if current and current.ref != wanted else None
+        if old is not None:
+            _routed(old, False)
+            log.info("canary %s dropped; draining %d in flight", old.ref, old.in_flight)
+        if wanted is not None and self.canary is None and wanted not in self.refused:
+            with contextlib.suppress(RegistryError):  # logged and counted in _admit
+                self.canary = await self._admit(wanted, "canary")
+                _routed(self.canary, True)
+                log.info("canary %s loaded", wanted)
+        if self.canary is not None:
+            self.canary_weight = weight
+            m.CANARY_WEIGHT.labels(self.canary.ref).set(weight)
+        return old
+
+    def _take_canary(self, slot: Slot) -> Slot:
+        """Empty the canary slot, which holds ``slot``: no new request goes to it."""
+        self.canary, self.canary_weight = None, 0.0
+        m.CANARY_WEIGHT.labels(slot.ref).set(0)
+        return slot
+
+    # --- loading and unloading --------------------------------------------------------
+    async def _admit(self, ref: str, role: str) -> Slot:
+        """``_load``, recording a refusal (not retried until the registry names another)."""
+        try:
+            return await self._load(ref)
+        except RegistryError as exc:
+            self.refused[ref] = str(exc)
+            m.ADAPTER_SWAPS.labels("refused").inc()
+            log.error("adapter %s refused as %s: %s", ref, role, exc)
+            raise
+
     async def _load(self, ref: str) -> Slot:
         if ref == BASE_ADAPTER:
-            slot = Slot(BASE_ADAPTER, None)
-            slot.idle.set()
-            return slot
+            return Slot(BASE_ADAPTER, None)
         if self.registry is None:
             raise RegistryError("no adapter registry is configured")
         manifest = self.registry.verify(ref)  # every file against its sha256
@@ -113,13 +240,11 @@ class AdapterManager:
             raise
         except Exception as exc:  # vLLM's own validation of the adapter files
             raise RegistryError(f"vLLM could not load {ref}: {exc}") from exc
-        slot = Slot(manifest.ref, lora)
-        slot.idle.set()
-        return slot
+        return Slot(manifest.ref, lora)
 
-    async def _retire(self, old: Slot) -> None:
+    async def _retire(self, old: Slot | None) -> None:
         """Unload ``old`` once its last request finished (or after the drain timeout)."""
-        if old.lora is None:
+        if old is None or old.lora is None:
             return
         try:
             await asyncio.wait_for(old.idle.wait(), self.drain_timeout_s)
@@ -127,18 +252,7 @@ class AdapterManager:
             log.warning("%s: %d requests still running; unloading", old.ref, old.in_flight)
         await self.engine.llm.remove_lora(old.lora.lora_int_id)
 
-    async def follow_registry(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
-        """Serve whatever the registry marks stable (published by the trainer, or set by
-        an operator through the admin API on any replica)."""
-        while not stop.is_set():
-            try:
-                wanted = self.registry.state().stable if self.registry else None
-                wanted = wanted or BASE_ADAPTER
-                if wanted != self.current.ref and wanted not in self.refused:
-                    await self.swap_to(wanted)
-            except RegistryError:
-                pass  # logged and counted in swap_to; keep serving the current one
-            except Exception:
-                log.exception("registry check failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every_s)
+
+def _routed(slot: Slot, on: bool) -> None:
+    """Whether new requests may go to ``slot``'s version (livealign_served_adapter)."""
+    m.SERVED_ADAPTER.labels(slot.ref).set(int(on))

@@ -1,7 +1,8 @@
 """The Ray Serve application: one ingress deployment wrapping vLLM's AsyncLLM.
 
 Routes: ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
-``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``.
+``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``, and the
+admin API under ``/admin`` (adapter versions, the canary rollout).
 One deployment on purpose: chat, feedback and the producer share a process with the
 engine, so a request costs no extra actor hop (see bench/serving_overhead.py).
 """
@@ -23,6 +24,7 @@ from ray.serve.deployment import Application
 
 from serving import chat, tokens
 from serving.adapters import AdapterManager
+from serving.canary import assign, commands
 from serving.config import ServingConfig
 from serving.engine import Engine
 from serving.feedback import FeedbackDesk, FeedbackResult
@@ -35,7 +37,7 @@ from serving.protocol import (
     ModelCard,
     ModelList,
 )
-from streaming.events import TOPIC_INTERACTIONS, FeedbackIn, InteractionEvent, new_id
+from streaming.events import TOPIC_INTERACTIONS, FeedbackIn, InteractionEvent, new_id, now_ms
 from streaming.producer import EventProducer
 from streaming.spool import SpoolFull
 from trainer.registry import Registry, RegistryError, UnknownVersion
@@ -49,6 +51,9 @@ api = FastAPI(
 )
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 422, 503)
+}
+NO_CANARY: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "No canary (or no rollout) to act on."}
 }
 
 
@@ -85,15 +90,16 @@ class ChatServer:
         logging.basicConfig(level=logging.INFO)
         self.config = config
         self.engine = Engine(config.engine)
+        self.secret = config.feedback_secret.get_secret_value().encode()
+        self.salt = config.user_hash_salt.get_secret_value().encode()
         registry = Registry(config.registry_dir) if config.registry_dir else None
-        self.adapters = AdapterManager(self.engine, registry, config.drain_timeout_s)
+        # The user-hash salt keys the canary assignment too: a secret the server has anyway.
+        self.adapters = AdapterManager(self.engine, registry, self.salt, config.drain_timeout_s)
         self._stop = asyncio.Event()
         self._watcher = asyncio.create_task(
             self.adapters.follow_registry(self._stop, config.registry_poll_s)
         )
         self.producer = EventProducer(config.producer).start()
-        self.secret = config.feedback_secret.get_secret_value().encode()
-        self.salt = config.user_hash_salt.get_secret_value().encode()
         self.feedback = FeedbackDesk(
             self.producer, self.secret, config.max_feedback_batch, config.delivery_timeout_s
         )
@@ -102,7 +108,11 @@ class ChatServer:
     @api.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
-        responses={**ERRORS, 200: {"description": "A completion, or SSE chunks if stream"}},
+        responses={
+            **ERRORS,
+            **NO_CANARY,
+            200: {"description": "A completion, or SSE chunks if stream"},
+        },
     )
     async def chat_completions(
         self, body: ChatCompletionRequest, request: Request
@@ -122,6 +132,7 @@ class ChatServer:
             "X-LiveAlign-Conversation-Id": turn.info.conversation_id,
             "X-LiveAlign-Feedback-Token": turn.info.feedback_token,
             "X-LiveAlign-Adapter": turn.info.adapter,
+            "X-LiveAlign-Arm": turn.info.arm,
         }
         if body.stream:
             return StreamingResponse(
@@ -137,6 +148,7 @@ class ChatServer:
             body.conversation_id or request.headers.get("x-conversation-id") or new_id("conv")
         )
         user_hash = tokens.hash_user(self.salt, body.user) if body.user else None
+        pin = self._pin(request)
         prompt_ids = self.engine.render(body.chat_messages())
         params = chat.sampling_params(
             body,
@@ -144,7 +156,8 @@ class ChatServer:
             self.config.engine.max_model_len,
             self.config.default_max_tokens,
         )
-        route, slot = self.adapters.route()  # last: from here on the slot must be released
+        key = assign.unit_key(self.config.canary_unit, conversation_id, user_hash)
+        route, slot = self.adapters.route(key, pin)  # last: from here on release the slot
         response_id = chat.new_response_id()
         token = tokens.issue(
             self.secret,
@@ -161,6 +174,25 @@ class ChatServer:
             feedback_token=token,
         )
         return chat.Turn(body, info, route, prompt_ids, params, user_hash, release=slot.release)
+
+    def _pin(self, request: Request) -> str | None:
+        """The arm an operator pinned this request to (``X-LiveAlign-Arm``), if any."""
+        arm = request.headers.get("x-livealign-arm")
+        if arm is None:
+            return None
+        if arm not in (chat.STABLE_ARM, chat.CANARY_ARM):
+            raise APIError(
+                400, f"X-LiveAlign-Arm: {arm!r} is not canary or stable", param="X-LiveAlign-Arm"
+            )
+        if not self._is_admin_key(request.headers.get("x-livealign-admin-key", "")):
+            raise APIError(
+                403,
+                "X-LiveAlign-Arm pins an arm for debugging: it needs a valid admin key in "
+                "X-LiveAlign-Admin-Key",
+                type_="permission_error",
+                code="auth",
+            )
+        return arm
 
     def _emit(self, event: InteractionEvent) -> None:
         # A full spool is counted and logged by the producer; the user still gets the answer.
@@ -195,14 +227,22 @@ class ChatServer:
         return JSONResponse(result.model_dump(mode="json"), status_code=status)
 
     # --- admin ------------------------------------------------------------------------------
-    def _admin(self, request: Request) -> Registry:
+    def _is_admin_key(self, given: str) -> bool:
         key = self.config.admin_key
-        if key is None or self.adapters.registry is None:
+        # As bytes: compare_digest refuses a str with non-ASCII characters.
+        return (
+            key is not None
+            and bool(given)
+            and hmac.compare_digest(given.encode(), key.get_secret_value().encode())
+        )
+
+    def _admin(self, request: Request) -> Registry:
+        if self.config.admin_key is None or self.adapters.registry is None:
             raise APIError(403, "the admin API is off (no admin key or no registry configured)")
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not given:
             raise APIError(401, "admin API: send Authorization: Bearer <admin key>", code="auth")
-        if not hmac.compare_digest(given, key.get_secret_value()):
+        if not self._is_admin_key(given):
             raise APIError(403, "admin API: wrong admin key", type_="permission_error")
         return self.adapters.registry
 
@@ -211,7 +251,8 @@ class ChatServer:
         """Every published version with its manifest, the registry state, what serves."""
         registry = self._admin(request)
         return {
-            "serving": self.adapters.current.ref,
+            "serving": self.adapters.stable.ref,
+            "canary": self.adapters.canary_ref,
             "state": registry.state().model_dump(mode="json"),
             "refused": self.adapters.refused,
             "versions": [v.model_dump(mode="json") for v in registry.versions()],
@@ -234,15 +275,75 @@ class ChatServer:
             raise APIError(409, f"{ref} refused: {exc}", code="adapter_refused") from exc
         stable = None if ref == chat.BASE_ADAPTER else ref
         state = registry.set_state(stable=stable, action=action, reason="admin API")
-        return {"serving": self.adapters.current.ref, "state": state.model_dump(mode="json")}
+        return {"serving": self.adapters.stable.ref, "state": state.model_dump(mode="json")}
+
+    # --- canary (the rollout's transitions are in serving.canary.rollout) ----------------
+    @api.get("/admin/canary", responses=ERRORS)
+    async def canary_status(self, request: Request) -> dict[str, Any]:
+        """Stable, canary, its weight and rollout, the last decisions, what this replica
+        has loaded."""
+        return commands.status(self._admin(request), self.adapters.loaded())
+
+    @api.post("/admin/canary/promote", responses={**ERRORS, **NO_CANARY})
+    async def canary_promote(self, request: Request) -> dict[str, Any]:
+        """Make the canary stable now (moved into the stable slot, not reloaded)."""
+        return await self._canary_command(request, "promote")
+
+    @api.post("/admin/canary/abort", responses={**ERRORS, **NO_CANARY})
+    async def canary_abort(self, request: Request) -> dict[str, Any]:
+        """Roll the canary back now: its conversations go to stable, then it is unloaded."""
+        return await self._canary_command(request, "abort")
+
+    @api.post("/admin/canary/pause", responses={**ERRORS, **NO_CANARY})
+    async def canary_pause(self, request: Request) -> dict[str, Any]:
+        """Stop the controller's promotions (it still rolls back a harmful canary)."""
+        return await self._canary_command(request, "pause")
+
+    @api.post("/admin/canary/resume", responses={**ERRORS, **NO_CANARY})
+    async def canary_resume(self, request: Request) -> dict[str, Any]:
+        """Let the controller promote again."""
+        return await self._canary_command(request, "resume")
+
+    @api.post(
+        "/admin/canary/set-weight",
+        responses={**ERRORS, **NO_CANARY},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": commands.CanaryWeight.model_json_schema()}
+                },
+            }
+        },
+    )
+    async def canary_set_weight(self, request: Request) -> dict[str, Any]:
+        """Move the rollout to the step of this weight (one of the policy's steps)."""
+        registry = self._admin(request)
+        body = await request.body()
+        commands.set_weight(registry, self.config.canary_policy, body, now_ms())
+        return await self._canary_applied(registry)
+
+    async def _canary_command(self, request: Request, command: commands.Command) -> dict[str, Any]:
+        registry = self._admin(request)
+        commands.run(registry, command)
+        return await self._canary_applied(registry)
+
+    async def _canary_applied(self, registry: Registry) -> dict[str, Any]:
+        # This replica follows at once; the others at their next registry poll.
+        await self.adapters.sync()
+        return commands.status(registry, self.adapters.loaded())
 
     # --- the rest -----------------------------------------------------------------------
     @api.get("/v1/models", response_model=ModelList)
     async def models(self) -> ModelList:
         name = self.config.engine.served_model_name
         card = ModelCard(id=name, root=self.config.engine.model_path)
-        adapter = self.adapters.current.ref
-        extra = [] if adapter == chat.BASE_ADAPTER else [ModelCard(id=adapter, parent=name)]
+        loaded = (self.adapters.stable, self.adapters.canary)
+        extra = [
+            ModelCard(id=slot.ref, parent=name)
+            for slot in loaded
+            if slot is not None and slot.ref != chat.BASE_ADAPTER
+        ]
         return ModelList(data=[card, *extra])
 
     @api.get("/healthz")
@@ -250,7 +351,8 @@ class ChatServer:
         await self.engine.check_health()
         return {
             "status": "ok",
-            "adapter": self.adapters.current.ref,
+            "adapter": self.adapters.stable.ref,
+            "canary": self.adapters.canary_ref,
             "spooled_events": len(self.producer.spool),
         }
 

@@ -33,6 +33,10 @@ from streaming.events import InteractionEvent
 
 BASE_ADAPTER = "base"
 STABLE_ARM = "stable"
+CANARY_ARM = "canary"
+# An operator's pinned request: recorded apart, so the canary's analysis (which counts
+# only "canary" and "stable") is not skewed by hand-picked debugging traffic.
+PINNED_ARM = "pinned"
 
 
 @dataclass(frozen=True)

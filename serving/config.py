@@ -49,6 +49,10 @@ class ServingConfig(BaseModel):
         description="What a canary arm is assigned to: each conversation, or each (hashed) "
         "user, so one user always sees one arm (requests without a user: their conversation).",
     )
+    canary_policy: CanaryPolicy = Field(
+        default_factory=CanaryPolicy,
+        description="The rollout's steps: an operator's set-weight must name one of them.",
+    )
     drain_timeout_s: float = Field(300.0, description="Longest wait for in-flight requests.")
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
     replica_num_cpus: float = 0.5

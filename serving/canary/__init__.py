@@ -5,6 +5,8 @@
   difference (normal-mixture mSPRT), the naive fixed-horizon interval, the SRM test.
 - controller.py: ``decide(policy, state, arms, now) -> Decision`` and ``next_state``.
 - simulate.py: rollouts on simulated traffic (``bench/canary.py --replay``, the tests).
+- assign.py: the sticky arm of a conversation or user (salted hash into buckets).
+- commands.py: the operator's commands of ``/admin/canary``, over ``rollout.py``.
 """
 
 from serving.canary.controller import (

@@ -21,6 +21,7 @@ from openai import OpenAI
 from livealign.config import Settings
 from livealign.stack import LocalStack
 from streaming.broker import free_port
+from trainer.registry import Registry
 
 HERE = Path(__file__).parent
 
@@ -57,6 +58,24 @@ def client(stack: LocalStack) -> OpenAI:
 def http(stack: LocalStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=120) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def registry(stack: LocalStack) -> Registry:
+    return Registry(stack.settings.registry_dir)
+
+
+@pytest.fixture(scope="session")
+def admin_key(stack: LocalStack) -> str:
+    key = stack.settings.serving_config(Path("."), "").admin_key
+    assert key is not None
+    return key.get_secret_value()
+
+
+@pytest.fixture(scope="session")
+def admin(admin_key: str) -> dict[str, str]:
+    """The admin API's headers."""
+    return {"Authorization": f"Bearer {admin_key}"}
 
 
 def read_topic(

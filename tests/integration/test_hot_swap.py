@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -31,18 +30,6 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="module")
-def registry(stack: LocalStack) -> Registry:
-    return Registry(stack.settings.registry_dir)
-
-
-@pytest.fixture(scope="module")
-def admin(stack: LocalStack) -> dict[str, str]:
-    key = stack.settings.serving_config(Path("."), "").admin_key
-    assert key is not None
-    return {"Authorization": f"Bearer {key.get_secret_value()}"}
 
 
 def publish(registry: Registry, stack: LocalStack, tmp: Path, seed: int) -> str:
