@@ -243,6 +243,7 @@ class Settings(BaseSettings):
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
             registry_dir=self.registry_dir,
             canary_unit=self.canary_unit,
+            canary_policy=self.canary_policy(),
         )
 
     def resolved_dtype(self) -> Literal["bfloat16", "float32"]:

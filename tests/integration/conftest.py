@@ -44,6 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         default_max_tokens=16,
         settle_s=2.0,  # feedback windows close within seconds, so records come soon
         trainer=False,  # rounds are driven by the trainer tests themselves
+        canary=False,  # so is the canary controller (a test starts its own, sized for seconds)
     )
     with LocalStack(settings) as running:
         yield running

@@ -218,3 +218,24 @@ def test_a_canary_users_like_walks_the_steps_through_a_controller_restart(
     assert steps == sorted(steps) and 0.2 in steps and 0.5 in steps  # each step, in order
     assert users.failed() == []
     assert {arm for _, arm, _ in users.chats} == {"stable", "canary"}
+
+
+def test_the_controller_actor_runs_in_the_stacks_ray(stack: LocalStack, tmp_path: Path) -> None:
+    """The Ray actor `livealign up` starts: it ticks (nothing to judge without a canary),
+    and stop() ends its loop."""
+    import ray
+
+    from serving.canary.actor import CanaryActor
+
+    config = ControllerConfig(
+        registry_dir=tmp_path / "registry", store_url=f"sqlite:///{tmp_path / 'p.sqlite'}",
+        policy=POLICY,
+    )  # fmt: skip
+    actor = CanaryActor.remote(config)  # type: ignore[attr-defined]
+    try:
+        assert ray.get(actor.tick.remote(), timeout=120) is None
+        loop = actor.loop.remote()
+        ray.get(actor.stop.remote(), timeout=30)
+        ray.get(loop, timeout=30)
+    finally:
+        ray.kill(actor)
