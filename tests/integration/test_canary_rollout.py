@@ -153,7 +153,7 @@ def run_until(controller: CanaryController, done: str, timeout: float) -> list[s
 
 
 def served(http: httpx.Client, admin: dict[str, str]) -> dict[str, object]:
-    loaded: dict[str, object] = http.get("/admin/canary", headers=admin).json()["loaded"]
+    loaded: dict[str, object] = http.get("/admin/canary", headers=admin).json()["replica"]
     return loaded
 
 
