@@ -1,6 +1,12 @@
 """Canary rollouts replayed on simulated traffic: does the controller roll back only bad ones?
 
     python bench/canary.py --replay [--runs 1000] [--worse-runs 1000] [--rate 2] [--effect -0.3]
+    python bench/canary.py --live [--baseline-s 120] [--users 4] [--thumb-rate 0.3]
+
+--live runs the real thing on the local stack (see live() below): a version users
+dislike goes out as the canary under the default policy, and the stack's own controller
+must roll it back; it prints how many conversations it served before that, and chat p99
+latency with a canary running against without.
 
 No stack: the decision logic is pure (serving/canary) and the traffic simulated
 (serving/canary/simulate.py: Poisson arrivals, routing by hash at the step's weight, half
@@ -161,10 +167,118 @@ def _quantile(values: list[float], q: float) -> float:
     return float(np.quantile(values, q)) if values else math.nan
 
 
+def live(args: argparse.Namespace) -> dict[str, Any]:
+    """The local stack on its defaults (the tiny model: this measures the rollout, not
+    answer quality), the stack's own canary controller and processor. Stable is a version
+    the users like (``bench/canary_live.py``). Phase 1: chat load without a canary, for
+    the latency baseline. Phase 2: a version they dislike goes out as the canary, as the
+    trainer publishes one, under the same load, until the controller rolls it back."""
+    import tempfile
+
+    from bench.canary_live import Users, make_adapters, publish
+    from bench.load import wait_served
+    from livealign.config import Settings
+    from livealign.stack import LocalStack
+    from streaming.broker import free_port
+    from trainer.registry import Registry
+
+    home = Path(tempfile.mkdtemp(prefix="livealign-canary-"))
+    settings = Settings(home=home, model="tiny", port=free_port(), trainer=False)
+    with LocalStack(settings) as stack:
+        base = Path(settings.cache_dir) / "tiny-llama"
+        adapters = make_adapters(base, home / "adapters")
+        registry = Registry(settings.registry_dir)
+        good = publish(registry, adapters["good"], base)
+        bad = publish(registry, adapters["zero"], base)
+        registry.set_state(stable=good, action="promote", reason="bench: users like it")
+        wait_served(stack.url, good)
+        print(f"phase 1: {args.baseline_s:.0f} s of chat load on {good}, no canary", flush=True)
+        with Users(stack.url, args.users, args.thumb_rate, args.seed) as without:
+            time.sleep(args.baseline_s)
+        print(f"phase 2: {bad} (disliked) goes out as the canary", flush=True)
+        registry.set_state(canary=bad, action="publish", reason="bench: as the trainer does")
+        started = time.time()
+        with Users(stack.url, args.users, args.thumb_rate, args.seed + 1) as during:
+            while registry.state().canary == bad and time.time() - started < args.timeout_s:
+                time.sleep(5)
+                print(f"  {time.time() - started:.0f} s, weight "
+                      f"{registry.state().canary_weight:.0%}", flush=True)  # fmt: skip
+        decisions = [d for d in registry.decisions() if d["canary"] == bad]
+        history = [c for c in registry.state().history if c.ref == bad or c.canary == bad]
+    on_canary = [c for c in during.chats if c[1] == "canary"]
+    p99 = {
+        "without": _quantile([c[3] for c in without.chats if c[0] == 200], 0.99),
+        "with": _quantile([c[3] for c in during.chats if c[0] == 200], 0.99),
+    }
+    numbers = {
+        "rolled_back": decisions[-1]["action"] == "rollback" if decisions else False,
+        "reason": decisions[-1]["reason"] if decisions else None,
+        "seconds_to_rollback": time.time() - started,
+        "conversations_exposed": len(on_canary),
+        "conversations_during": len(during.chats),
+        "max_canary_weight": max(c.canary_weight for c in history),
+        "p99_latency_without_s": p99["without"],
+        "p99_latency_with_s": p99["with"],
+        "p99_ratio": p99["with"] / p99["without"],
+        "chat_errors": len(without.failed()) + len(during.failed()),
+        "thumb_rate": args.thumb_rate,
+        "decisions": decisions,
+    }
+    print(f"live rolled back: {numbers['rolled_back']} ({numbers['reason']}) after "
+          f"{numbers['seconds_to_rollback']:.0f} s")  # fmt: skip
+    print(f"live conversations exposed before rollback: {len(on_canary)} "
+          f"(of {len(during.chats)} during the trial)")  # fmt: skip
+    print(f"live rolled back before 50%: {numbers['max_canary_weight'] < 0.5}")
+    print(f"chat p99 latency with canary / without: {numbers['p99_ratio']:.2f} "
+          f"({p99['with']:.3f} s / {p99['without']:.3f} s)")  # fmt: skip
+    print(f"chat errors: {numbers['chat_errors']}")
+    return numbers
+
+
+def plot_live(numbers: dict[str, Any], path: Path) -> None:
+    """The live run's decisions: the canary's weight, and the score difference with its
+    confidence sequence, over the trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    decisions = numbers["decisions"]
+    if not decisions:
+        return
+    t0 = decisions[0]["ts_ms"]
+    minutes = [(d["ts_ms"] - t0) / 60_000 for d in decisions]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    top.step(minutes, [100 * d["step_weight"] for d in decisions], where="post", label="canary")
+    top.set_ylabel("canary weight (%)")
+    top.set_title(f"live: disliked canary, {numbers['reason']} after "
+                  f"{numbers['conversations_exposed']} conversations")  # fmt: skip
+    known = [(t, d) for t, d in zip(minutes, decisions, strict=True) if d["estimate"] is not None]
+    if known:
+        ts = [t for t, _ in known]
+        low = [d["lower"] if d["lower"] is not None else -2.0 for _, d in known]
+        high = [d["upper"] if d["upper"] is not None else 2.0 for _, d in known]
+        bottom.fill_between(ts, low, high, alpha=0.3, label="95% confidence sequence")
+        bottom.plot(ts, [d["estimate"] for _, d in known], label="estimate")
+    bottom.axhline(0.0, color="black", linewidth=0.8)
+    bottom.set_ylim(-2.0, 2.0)
+    bottom.set_ylabel("score difference canary - stable")
+    bottom.set_xlabel("minutes since the canary went out")
+    bottom.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    mode = parser.add_mutually_exclusive_group(required=True)  # --live will join it
+    mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--replay", action="store_true", help="Simulated traffic, no stack.")
+    mode.add_argument("--live", action="store_true", help="The local stack, a bad canary.")
+    parser.add_argument("--baseline-s", type=float, default=120.0, help="Live: phase 1.")
+    parser.add_argument("--users", type=int, default=4, help="Live: concurrent users.")
+    parser.add_argument("--thumb-rate", type=float, default=0.3, help="Live: thumbs given.")
+    parser.add_argument("--timeout-s", type=float, default=1800.0, help="Live: longest trial.")
     parser.add_argument("--runs", type=int, default=1000, help="A/A runs.")
     parser.add_argument("--worse-runs", type=int, default=1000, help="Runs of the worse one.")
     parser.add_argument("--rate", type=float, default=2.0, help="New conversations a second.")
@@ -177,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         numbers = replay(args)
         write(args, numbers, "canary_replay")
         plot(args, numbers, args.out / "canary_replay.png")
+    if args.live:
+        numbers = live(args)
+        write(args, numbers, "canary_live")
+        plot_live(numbers, args.out / "canary_live.png")
     return 0
 
 
