@@ -80,6 +80,11 @@ def test_overrides_reach_the_parts_and_misspellings_fail(tmp_path: Path) -> None
         Settings(home=tmp_path, fusion_overrides={"min_confidense": 0.2})
     with pytest.raises(ValueError, match="pair_margn"):
         Settings(home=tmp_path, record_overrides={"pair_margn": 0.2})
+    with pytest.raises(ValueError, match="alpah"):
+        Settings(home=tmp_path, canary_overrides={"alpah": 0.1})
+    canary = Settings(home=tmp_path, canary_overrides={"alpha": 0.01})
+    assert canary.controller_config(BOOTSTRAP).policy.alpha == 0.01
+    assert canary.serving_config(tmp_path, BOOTSTRAP).canary_policy.alpha == 0.01
     typo = Settings(home=tmp_path, trainer_overrides={"train": {"max_lenght": 99}})
     with pytest.raises(ValueError, match="max_lenght"):
         typo.trainer_config(tmp_path / "model", BOOTSTRAP)
