@@ -2,11 +2,15 @@
 
 On the tiny random model (what the live benchmark and the end-to-end tests serve: they
 measure the rollout, not answer quality), "liked" must be measurable: the good adapter
-is trained with the trainer's own DPO + SFT toward answering "Sure thing." and says
-"Sure" in a good share of its answers; the zero adapter (B = 0) answers exactly as the
-base model does, which almost never says it. The simulated users like an answer that
-says "Sure": a thumb up (on ``thumb_rate`` of the answers; down otherwise) and a long
-dwell on every answer.
+is trained with the trainer's own DPO + SFT toward answering "Sure thing."; the zero
+adapter (B = 0) answers exactly as the base model does. The simulated users like an
+answer that says "thing": a thumb up (on ``thumb_rate`` of the answers; down otherwise)
+and a long dwell on every answer (a short one otherwise).
+
+They sample at temperature 0.1. The tiny model's next-token distribution is nearly flat
+over its 49k tokens, so at temperature 1 the adapter's shift toward "Sure thing." is lost
+in the tail (measured: the good adapter's answers said "Sure" 3 times in 10,000); at 0.1
+every good answer says "thing" and no base answer does (30 of 30 against 0 of 30).
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ class Users:
 
     def _chat(self, http: httpx.Client) -> None:
         conv = f"canary-{uuid.uuid4().hex[:12]}"
-        messages = [{"role": "user", "content": "Question 3?"}]
-        body = {"model": "livealign", "max_tokens": 8, "temperature": 1.0, "user": conv,
+        messages = [{"role": "user", "content": f"Question {self._rng.randrange(1000)}?"}]
+        body = {"model": "livealign", "max_tokens": 8, "temperature": 0.1, "user": conv,
                 "conversation_id": conv, "messages": messages}  # fmt: skip
         start = time.perf_counter()
         try:
@@ -93,7 +97,7 @@ class Users:
         data = r.json()
         info = data["livealign"]
         self.chats.append((200, info["arm"], info["adapter"], latency, time.time()))
-        liked = "Sure" in data["choices"][0]["message"]["content"]
+        liked = "thing" in data["choices"][0]["message"]["content"]
         events: list[dict[str, object]] = [{"kind": "dwell", "value": 30_000 if liked else 2_000}]
         if self._rng.random() < self.thumb_rate:
             events.append({"kind": "thumb", "value": 1 if liked else -1})

@@ -5,8 +5,8 @@ controller judges the arms on it. A version users dislike is rolled back before 
 started again mid-rollout; no chat request fails throughout.
 
 The adapters and the users are the live benchmark's (``bench/canary_live.py``): users
-like answers that say "Sure", which the good adapter says often and the zero adapter (the
-base model) almost never.
+like answers that say "thing", which the good adapter always says and the zero adapter (the
+base model) never.
 """
 
 from __future__ import annotations
@@ -62,14 +62,15 @@ def controller(stack: LocalStack) -> Iterator[CanaryController]:
 
 
 def run_until(controller: CanaryController, done: str, timeout: float) -> list[str]:
-    """Tick every interval until a decision's action is ``done`` (or a final one)."""
+    """Tick every interval until a decision's action is ``done`` (or a final one); the
+    actions, each with its reason (``rollback:harm``)."""
     actions: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         decision = controller.tick()
         if decision is not None:
-            actions.append(str(decision.action))
-            if decision.action == done or decision.final:
+            actions.append(f"{decision.action}:{decision.reason}")
+            if str(decision.action) == done or decision.final:
                 return actions
         time.sleep(POLICY.interval_s)
     raise AssertionError(f"no {done} within {timeout}s: {Counter(actions)}")
@@ -107,7 +108,10 @@ def test_a_canary_users_dislike_is_rolled_back_before_half_and_unloaded(
         wait_loaded(http, admin, bad)
         actions = run_until(controller, "rollback", timeout=240)
         wait_loaded(http, admin, None)  # unloaded within a poll or two
-    assert actions[-1] == "rollback", actions
+    # On the users' feedback: their scores (harm) or, first, their thumbs-down guardrail.
+    last = registry.decisions(last=1)[0]
+    feedback = last["reason"] == "harm" or "thumbs_down_rate" in str(last["message"])
+    assert actions[-1].startswith("rollback") and feedback, last
     weights = [c.canary_weight for c in registry.state().history if c.canary == bad]
     assert max(weights) < 0.5
     exposed = {c[2] for c in users.chats if c[1] == "canary"}
@@ -126,7 +130,7 @@ def test_a_canary_users_like_walks_the_steps_through_a_controller_restart(
     with Users(stack.url) as users:
         controller.tick()
         wait_loaded(http, admin, good)
-        assert run_until(controller, "promote", timeout=240)[-1] == "promote"
+        assert run_until(controller, "promote", timeout=240)[-1] == "promote:non_inferior"
         assert registry.state().canary_weight == 0.5
         controller.close()  # killed mid-rollout; a new one resumes from the registry
         again = CanaryController(controller.config)
@@ -134,7 +138,7 @@ def test_a_canary_users_like_walks_the_steps_through_a_controller_restart(
             actions = run_until(again, "complete", timeout=300)
         finally:
             again.close()
-    assert actions[-1] == "complete", actions
+    assert actions[-1] == "complete:non_inferior", actions
     state = registry.state()
     assert (state.stable, state.canary) == (good, None)
     steps = [c.canary_weight for c in state.history if c.canary == good]
