@@ -249,7 +249,9 @@ def plot_live(numbers: dict[str, Any], path: Path) -> None:
     t0 = decisions[0]["ts_ms"]
     minutes = [(d["ts_ms"] - t0) / 60_000 for d in decisions]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.step(minutes, [100 * d["step_weight"] for d in decisions], where="post", label="canary")
+    # The weight each decision left in force: 0 after the rollback.
+    top.step([0.0, *minutes], [0.0, *(100 * d["weight"] for d in decisions)], where="post")
+    top.set_ylim(0, 100)
     top.set_ylabel("canary weight (%)")
     top.set_title(f"live: disliked canary, {numbers['reason']} after "
                   f"{numbers['conversations_exposed']} conversations")  # fmt: skip
@@ -259,7 +261,12 @@ def plot_live(numbers: dict[str, Any], path: Path) -> None:
         low = [d["lower"] if d["lower"] is not None else -2.0 for _, d in known]
         high = [d["upper"] if d["upper"] is not None else 2.0 for _, d in known]
         bottom.fill_between(ts, low, high, alpha=0.3, label="95% confidence sequence")
-        bottom.plot(ts, [d["estimate"] for _, d in known], label="estimate")
+        bottom.plot(ts, [d["estimate"] for _, d in known], marker="o", label="estimate")
+    for t, d in zip(minutes, decisions, strict=True):
+        if d["action"] != "hold":
+            for ax in (top, bottom):
+                ax.axvline(t, color="red", linestyle=":", linewidth=1)
+            bottom.annotate(f"{d['action']} ({d['reason']})", (t, 1.5), ha="right")
     bottom.axhline(0.0, color="black", linewidth=0.8)
     bottom.set_ylim(-2.0, 2.0)
     bottom.set_ylabel("score difference canary - stable")
