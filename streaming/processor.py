@@ -173,6 +173,7 @@ class Processor:
             self.fuser.load_state_dict(saved)
         self._fuser_saved = False  # whether the store holds all of it (then: only changes)
         self._last_orphan_check = 0.0
+        self._settle_backlog = False  # the last settle hit its limit: more are due now
         # What the store holds, remembered (see the module docstring).
         self._interactions: Lru[str, Known] = Lru(config.cache_responses)
         self._joined: Lru[str, list[Joined]] = Lru(config.cache_responses)
@@ -525,7 +526,8 @@ class Processor:
         """The two time windows: the grace period of held feedback, and the feedback
         window of each response (when it closes, the response calibrates the implicit
         weights and makes its records). Returns the records made, to be published."""
-        if now is None and time.monotonic() - self._last_orphan_check < every_s:
+        due = self._settle_backlog or time.monotonic() - self._last_orphan_check >= every_s
+        if now is None and not due:
             return []
         self._last_orphan_check = time.monotonic()
         now = now or now_ms()
@@ -545,6 +547,8 @@ class Processor:
         """Responses created before the cutoff whose window had not closed yet: each
         calibrates the fuser once, then makes its records (with the weights it taught)."""
         settled = self.store.settled(tx, cutoff_ms, limit)
+        # A backlog (a catch-up, a restart) settles a chunk per loop, between batches.
+        self._settle_backlog = len(settled) == limit
         if not settled:
             return []
         signals: dict[str, list[Signal]] = defaultdict(list)
