@@ -194,11 +194,14 @@ def processed_rate(bootstrap: str, total: int, store: Path) -> tuple[float, floa
         if time.perf_counter() - last_report > 10:
             last_report = time.perf_counter()
             print(f"  processed {int(consumed() - base)}/{total}", flush=True)
+    committed_s = time.perf_counter() - first
     # Records are made when each response's feedback window closes: the job is done once
     # every response has settled (the events are stamped minutes in the past, so all of
     # them are due).
     while processor.store.unsettled():
         time.sleep(0.25)
+    print(f"  offsets committed after {committed_s:.1f} s, all settled after "
+          f"{time.perf_counter() - first:.1f} s", flush=True)  # fmt: skip
     elapsed = time.perf_counter() - first
     cpu = time.process_time() - cpu
     watch.close()
