@@ -148,6 +148,11 @@ CANARY_SETTLED = Gauge(
     "Settled, scored conversations of each arm since the canary's rollout started.",
     ["adapter", "arm"],
 )
+CANARY_SCORE = Gauge(
+    "livealign_canary_arm_score",
+    "Mean fused score of each arm's settled, scored conversations since the rollout began.",
+    ["adapter", "arm"],
+)
 CANARY_DIFFERENCE = Gauge(
     "livealign_canary_score_difference",
     "Canary minus stable mean fused score: the estimate and its anytime-valid bounds.",

@@ -16,12 +16,16 @@ records of a batch stored but not yet published are not published again on the r
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError
 
 from streaming.events import TOPIC_PREFERENCES, PreferencePair
 from streaming.records import Record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,9 +35,17 @@ class Checkpoint:
     flush_timeout_s: float
 
     def commit(self, records: list[Record]) -> None:
-        """Steps 2 to 4, for a batch whose store transaction (step 1) has committed."""
+        """Steps 2 to 4, for a batch whose store transaction (step 1) has committed.
+
+        Offsets the group no longer accepts (it rebalanced meanwhile: a broker restart,
+        another instance joining, a batch longer than the poll interval) are not an
+        error: the batch is stored, whoever now owns its partitions reads it again, and
+        finds it stored. The processor goes on; the next poll rejoins the group."""
         self.publish(records)
-        self.consumer.commit()
+        try:
+            self.consumer.commit()
+        except CommitFailedError as exc:
+            log.warning("offsets not committed, the batch will be read again: %s", exc)
 
     def publish(self, records: list[Record]) -> None:
         """Steps 2 and 3 alone: for records made outside a batch (when responses' feedback

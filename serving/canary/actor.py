@@ -74,6 +74,8 @@ class CanaryController:
         )
         decision = decide(self.policy, rollout.controller_state(trial), arms, now / 1000)
         self._record(decision, canary, stable, now)
+        for arm, summary in ((CANARY, arms.canary), (STABLE, arms.stable)):
+            m.CANARY_SCORE.labels(canary, arm).set(summary.scores.mean)
         try:
             rollout.apply(self.registry, canary, decision)
         except RegistryError as exc:  # replaced meanwhile (an operator, the trainer)

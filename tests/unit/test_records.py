@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kafka.errors import CommitFailedError
 
 from streaming.checkpoint import Checkpoint
 from streaming.events import ChatMessage, InteractionEvent, PreferenceLabel, decode_interaction
@@ -73,9 +74,9 @@ def test_siblings_apart_by_the_margin_make_one_pair_with_the_better_chosen() -> 
 
 
 class Calls:
-    def __init__(self, fail_flush: bool = False) -> None:
+    def __init__(self, fail_flush: bool = False, fail_commit: bool = False) -> None:
         self.log: list[str] = []
-        self.fail_flush = fail_flush
+        self.fail_flush, self.fail_commit = fail_flush, fail_commit
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
         self.log.append(f"send {key.decode()}")
@@ -86,6 +87,8 @@ class Calls:
         self.log.append("flush")
 
     def commit(self) -> None:
+        if self.fail_commit:
+            raise CommitFailedError("UnknownMemberIdError")
         self.log.append("commit offsets")
 
 
@@ -102,3 +105,11 @@ def test_checkpoint_commits_no_offsets_when_the_publish_is_not_acknowledged() ->
     with pytest.raises(TimeoutError):
         Checkpoint(calls, calls, 1.0).commit([])
     assert "commit offsets" not in calls.log
+
+
+def test_offsets_the_group_refuses_after_a_rebalance_do_not_stop_the_processor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = Calls(fail_commit=True)
+    Checkpoint(calls, calls, 1.0).commit([])  # type: ignore[arg-type]
+    assert calls.log == ["flush"] and "will be read again" in caplog.text
