@@ -12,7 +12,9 @@ half-written model that later runs would trust.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,10 +44,17 @@ def _publish(build_dir: Path, target: Path) -> Path:
     return target
 
 
+# SmolLM2-135M-Instruct's authors sample it this way (its model card); the GGUF carries no
+# generation settings, so the converted folder's generation_config.json gets them, and
+# serving uses them for requests that set none.
+SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
+
+
 def prepare_smollm2(cache_dir: Path) -> Path:
     """Return a bf16 safetensors folder of SmolLM2-135M-Instruct, converting it once."""
     target = cache_dir / "SmolLM2-135M-Instruct"
     if (target / "config.json").is_file():
+        _recommend_sampling(target)  # a folder converted before they were written
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,7 +74,19 @@ def prepare_smollm2(cache_dir: Path) -> Path:
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     model.save_pretrained(build, safe_serialization=True)
     tokenizer.save_pretrained(build)
+    _recommend_sampling(build)
     return _publish(build, target)
+
+
+def _recommend_sampling(folder: Path) -> None:
+    """Add SmolLM2's recommended sampling to its generation_config.json (once)."""
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if all(config.get(k) == v for k, v in SMOLLM2_SAMPLING.items()):
+        return
+    tmp = path.with_name(f".generation_config.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**config, **SMOLLM2_SAMPLING}, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader sees the old file or the new one
 
 
 def prepare_tiny(cache_dir: Path, seed: int = 0) -> Path:

@@ -155,6 +155,7 @@ class ChatServer:
             len(prompt_ids),
             self.config.engine.max_model_len,
             self.config.default_max_tokens,
+            self.engine.sampling_defaults,
         )
         key = assign.unit_key(self.config.canary_unit, conversation_id, user_hash)
         route, slot = self.adapters.route(key, pin)  # last: from here on release the slot

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from vllm import SamplingParams
 from vllm.lora.request import LoRARequest
@@ -84,9 +85,15 @@ def new_response_id() -> str:
 
 
 def sampling_params(
-    req: ChatCompletionRequest, prompt_len: int, max_model_len: int, default_max: int
+    req: ChatCompletionRequest,
+    prompt_len: int,
+    max_model_len: int,
+    default_max: int,
+    defaults: Mapping[str, float] | None = None,
 ) -> SamplingParams:
-    """vLLM sampling parameters, or a 400 that says which limit the request breaks."""
+    """vLLM sampling parameters, or a 400 that says which limit the request breaks.
+    What the request leaves unset comes from ``defaults`` (the model's own, see
+    ``engine.sampling_defaults``), then vLLM's."""
     room = max_model_len - prompt_len
     if room < 1:
         raise APIError(
@@ -108,8 +115,7 @@ def sampling_params(
     try:
         return SamplingParams(
             max_tokens=wanted or min(default_max, room),
-            temperature=req.temperature,
-            top_p=req.top_p,
+            **_sampling(req, defaults or {}),
             stop=req.stop,
             seed=req.seed,
             presence_penalty=req.presence_penalty,
@@ -118,6 +124,15 @@ def sampling_params(
         )
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
+
+
+def _sampling(req: ChatCompletionRequest, defaults: Mapping[str, float]) -> dict[str, Any]:
+    """The request's temperature and top_p; where it sets neither, the model's defaults
+    (a request setting one of them is taken to mean the other as vLLM defaults it)."""
+    if req.temperature is None and req.top_p is None:
+        return {k: v for k, v in defaults.items() if k in ("temperature", "top_p", "top_k")}
+    given = {"temperature": req.temperature, "top_p": req.top_p}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 async def run(engine: Engine, turn: Turn) -> AsyncIterator[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
@@ -37,6 +39,7 @@ class Engine:
         self.llm = AsyncLLM.from_engine_args(args)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(config.model_path)
         self.eos_token_id: int | None = self.tokenizer.eos_token_id
+        self.sampling_defaults = sampling_defaults(Path(config.model_path))
 
     def render(self, messages: list[ChatMessage]) -> list[int]:
         """Token ids of the chat prompt, ending where the assistant's answer starts."""
@@ -64,3 +67,17 @@ class Engine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+# What a request that sets none of them samples with: the model's own defaults, as its
+# authors ship them in generation_config.json (vLLM's own server does the same).
+SAMPLING_KEYS = ("temperature", "top_p", "top_k")
+
+
+def sampling_defaults(model_dir: Path) -> dict[str, float]:
+    """The sampling values in the model's generation_config.json (none: vLLM's)."""
+    path = model_dir / "generation_config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    return {key: config[key] for key in SAMPLING_KEYS if config.get(key) is not None}

@@ -48,8 +48,12 @@ class ChatCompletionRequest(BaseModel):
     messages: Annotated[list[RequestMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = Field(
+        None, description="Unset: the model's own default (its generation_config.json)."
+    )
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="Unset: the model's own default (its generation_config.json)."
+    )
     n: Annotated[int, Field(ge=1, le=1, description="Only n=1 is served.")] = 1
     stop: str | list[str] | None = None
     seed: int | None = None
