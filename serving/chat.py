@@ -30,9 +30,8 @@ from serving.protocol import (
     ResponseMessage,
     Usage,
 )
-from streaming.events import InteractionEvent
+from streaming.events import BASE_ADAPTER, InteractionEvent
 
-BASE_ADAPTER = "base"
 STABLE_ARM = "stable"
 CANARY_ARM = "canary"
 # An operator's pinned request: recorded apart, so the canary's analysis (which counts

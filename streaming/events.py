@@ -25,6 +25,7 @@ TOPIC_INTERACTIONS = "livealign.interactions"
 TOPIC_FEEDBACK = "livealign.feedback"
 TOPIC_PREFERENCES = "livealign.preferences"
 TOPIC_DECISIONS = "livealign.decisions"  # the canary controller's decisions, one per interval
+BASE_ADAPTER = "base"  # InteractionEvent.adapter when no adapter answered: the base model
 
 
 def now_ms() -> int:

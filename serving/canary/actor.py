@@ -28,12 +28,11 @@ from serving.canary import rollout
 from serving.canary.controller import Decision, decide
 from serving.canary.outcomes import CANARY, STABLE, summarize
 from serving.config import ControllerConfig
-from streaming.events import TOPIC_DECISIONS, now_ms
+from streaming.events import BASE_ADAPTER, TOPIC_DECISIONS, now_ms
 from streaming.store import PreferenceStore
 from trainer.registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
-BASE = "base"  # what answers when no version is stable
 
 
 class CanaryController:
@@ -62,7 +61,7 @@ class CanaryController:
             log.info(
                 "canary %s: rollout started at %.0f%%", state.canary, 100 * state.canary_weight
             )
-        canary, stable = state.canary, state.stable or BASE
+        canary, stable = state.canary, state.stable or BASE_ADAPTER
         trial = state.rollout
         if canary is None or trial is None:
             return None
