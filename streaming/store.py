@@ -537,6 +537,14 @@ class PreferenceStore:
                 )  # fmt: skip
         return out[0], out[1]
 
+    def cut_off(self, response_ids: Sequence[str]) -> frozenset[str]:
+        """The responses among these whose answer stopped at ``max_tokens``
+        (``finish_reason`` "length"): cut off, not finished."""
+        with self.engine.connect() as conn:
+            rows = self.select_in(conn, interactions, ("response_id", "event"), "response_id",
+                                  response_ids)  # fmt: skip
+        return frozenset(rid for rid, event in rows if loads(event).get("finish_reason") == "length")
+
     def count_records_since(self, since_ms: int) -> int:
         """Pairs and labels written after ``since_ms``, counted in the database."""
         with self.engine.connect() as conn:

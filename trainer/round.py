@@ -75,6 +75,16 @@ class Trainer:
     def canary_on_trial(self) -> str | None:
         return self.registry.state().canary
 
+    def cut_off(self, pairs: list[PreferencePair], labels: list[PreferenceLabel]) -> frozenset[str]:
+        """The records' response ids whose answers stopped at max_tokens, not by choice."""
+        ids = (
+            {x.response_id for x in labels}
+            | {p.rejected_response_id for p in pairs}
+            | {p.chosen_response_id for p in pairs if p.chosen_response_id}
+        )
+        return self.store.cut_off(sorted(ids))
+
+
     def new_records(self) -> int:
         """Counted in the store (the actor asks every few seconds: nothing is loaded)."""
         return self.store.count_records_since(self.window_start())
@@ -125,6 +135,7 @@ class Trainer:
             policy = train_policy(
                 cfg.base_model, parent_dir, train_pairs, train_labels, work / "candidate",
                 cfg.train, progress=_progress("policy"),
+                cut=self.cut_off(train_pairs, train_labels),
             )  # fmt: skip
             report.seconds["policy"] = time.perf_counter() - t
             for key, value in (("dpo_loss", policy.dpo_loss), ("kto_loss", policy.kto_loss)):

@@ -179,6 +179,47 @@ def _n_samples(n_records: int, batch: int, config: TrainConfig) -> int:
     return max(1, math.ceil(n_records * config.epochs / per_step)) * per_step
 
 
+def end_of_turn(tokenizer: Any) -> list[int]:
+    """The tokens the chat template closes an assistant message with (``<|im_end|>`` and a
+    newline for SmolLM2): what an answer cut off by ``max_tokens`` never said. Empty for a
+    template that renders the open and the closed message differently."""
+    convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    closed = _template_ids(tokenizer, convo)
+    still_open = _template_ids(tokenizer, convo, continue_final_message=True)
+    if closed[: len(still_open)] != still_open:
+        log.warning("chat template: cannot tell its end-of-turn tokens; cut answers keep them")
+        return []
+    return closed[len(still_open) :]
+
+
+def _reopen(example: dict[str, Any], tail: list[int], ends: dict[str, str]) -> dict[str, Any]:
+    """Drop the end-of-turn tokens of the answers that were cut off (`ends` maps a token
+    column to the flag column saying whether its answer was complete)."""
+    n = len(tail)
+    for ids, complete in ends.items():
+        if n and not example[complete] and list(example[ids][-n:]) == tail:
+            example[ids] = example[ids][:-n]
+    return example
+
+
+def _cut_aware(trainer_cls: Any, ends: dict[str, str]) -> Any:
+    """`trainer_cls` (a TRL trainer) training cut-off answers without their end of turn.
+
+    TRL renders every answer as a closed assistant message, so an answer cut off by
+    ``max_tokens`` mid-sentence would be trained as if the model chose to stop there. Almost
+    every answer of a small budget is cut: trained closed, they teach stopping mid-sentence
+    (when liked) and blur what a short, finished answer is worth. Reopened, the only stops
+    the model learns are the ones it made itself."""
+
+    class CutAware(trainer_cls):
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, *args: Any) -> Any:
+            prepared = super()._prepare_dataset(dataset, processing_class, *args)
+            tail = end_of_turn(processing_class)
+            return prepared.map(_reopen, fn_kwargs={"tail": tail, "ends": ends})
+
+    return CutAware
+
+
 def _fits(tokenizer: Any, prompt: Sequence[ChatMessage], max_length: int) -> bool:
     # TRL drops (not truncates) a record whose prompt alone fills max_length; dropping it
     # here first keeps the counts honest and never hands TRL an empty dataset.
@@ -302,23 +343,30 @@ def _load_policy(base_model: Path, adapter: Path | None) -> Any:
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
-def _dpo_rows(pairs: list[PreferencePair], picks: list[int]) -> list[dict[str, Any]]:
+def _dpo_rows(
+    pairs: list[PreferencePair], picks: list[int], cut: frozenset[str]
+) -> list[dict[str, Any]]:
     return [
         {
             "prompt": messages_as_dicts(pairs[i].prompt),
             "chosen": [{"role": "assistant", "content": pairs[i].chosen}],
             "rejected": [{"role": "assistant", "content": pairs[i].rejected}],
+            "chosen_complete": pairs[i].chosen_response_id not in cut,
+            "rejected_complete": pairs[i].rejected_response_id not in cut,
         }
         for i in picks
     ]
 
 
-def _kto_rows(labels: list[PreferenceLabel], picks: list[int]) -> list[dict[str, Any]]:
+def _kto_rows(
+    labels: list[PreferenceLabel], picks: list[int], cut: frozenset[str]
+) -> list[dict[str, Any]]:
     return [
         {
             "prompt": messages_as_dicts(labels[i].prompt),
             "completion": [{"role": "assistant", "content": labels[i].completion}],
             "label": bool(labels[i].desirable),
+            "complete": labels[i].response_id not in cut,
         }
         for i in picks
     ]
@@ -348,23 +396,27 @@ class _Stage:
         return len(self.rows) // self.batch  # callers make len(rows) a multiple of batch
 
 
-def _plan_dpo(pairs: list[PreferencePair], config: TrainConfig, rng: random.Random) -> _Stage:
+def _plan_dpo(
+    pairs: list[PreferencePair], config: TrainConfig, rng: random.Random, cut: frozenset[str]
+) -> _Stage:
     if not pairs:
         return _Stage("dpo", [], 1)
     batch = min(config.batch_size, len(pairs))
     n = _n_samples(len(pairs), batch, config)
     picks = weighted_resample([p.weight for p in pairs], n, rng)
-    return _Stage("dpo", _dpo_rows(pairs, picks), batch * config.grad_accum)
+    return _Stage("dpo", _dpo_rows(pairs, picks, cut), batch * config.grad_accum)
 
 
-def _plan_kto(labels: list[PreferenceLabel], config: TrainConfig, rng: random.Random) -> _Stage:
+def _plan_kto(
+    labels: list[PreferenceLabel], config: TrainConfig, rng: random.Random, cut: frozenset[str]
+) -> _Stage:
     if not labels:
         return _Stage("kto", [], 1)
     # KTO estimates its KL term from the other answers of the same batch: it needs >= 2.
     batch = max(2, min(config.batch_size, len(labels)))
     n = _n_samples(len(labels), batch, config)
     picks = weighted_resample([lab.weight for lab in labels], n, rng)
-    return _Stage("kto", _kto_rows(labels, picks), batch * config.grad_accum)
+    return _Stage("kto", _kto_rows(labels, picks, cut), batch * config.grad_accum)
 
 
 def _run_dpo(
@@ -380,7 +432,9 @@ def _run_dpo(
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, config.sft_weight],
     )
-    trainer = DPOTrainer(
+    trainer = _cut_aware(
+        DPOTrainer, {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
+    )(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(stage.rows),
@@ -412,7 +466,7 @@ def _run_kto(
         # the rows are already shuffled by the resampler.
         train_sampling_strategy="sequential",
     )
-    trainer = KTOTrainer(
+    trainer = _cut_aware(KTOTrainer, {"completion_ids": "complete"})(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(stage.rows),
@@ -438,13 +492,16 @@ def train_policy(
     out_dir: Path,
     config: TrainConfig,
     progress: Progress | None = None,
+    cut: frozenset[str] = frozenset(),
 ) -> PolicyResult:
     """Train a LoRA on `base_model`: DPO (sigmoid + SFT term) on `pairs`, then KTO on `labels`.
 
     Starts from `parent_adapter`'s weights when given (its LoRA shape then wins over the
     config's, and it is DPO's reference), else from a fresh LoRA (reference: the base).
     A stage without data is skipped; no data at all is a ValueError.
-    Record weights are honoured by weighted resampling (see weighted_resample). Writes only
+    Record weights are honoured by weighted resampling (see weighted_resample). Answers whose
+    response id is in `cut` were cut off by max_tokens and are trained without their end of
+    turn (see _cut_aware). Writes only
     adapter_config.json + adapter_model.safetensors into `out_dir`.
     """
     started = time.monotonic()
@@ -456,7 +513,8 @@ def train_policy(
     if not pairs and not labels:
         raise ValueError("nothing to train on: no usable pairs or labels (weight > 0, prompt fits)")
     rng = random.Random(config.seed)
-    stages = [s for s in (_plan_dpo(pairs, config, rng), _plan_kto(labels, config, rng)) if s.rows]
+    planned = (_plan_dpo(pairs, config, rng, cut), _plan_kto(labels, config, rng, cut))
+    stages = [s for s in planned if s.rows]
     total = sum(s.steps for s in stages)
     losses: dict[str, float] = {}
     adapter = parent_adapter
@@ -581,8 +639,12 @@ class RewardModel:
 
 
 def _reward_rows(pairs: list[PreferencePair], picks: list[int]) -> list[dict[str, Any]]:
-    # Explicit-prompt conversational format: RewardTrainer renders prompt + answer in full.
-    return _dpo_rows(pairs, picks)
+    # Explicit-prompt conversational format: RewardTrainer renders prompt + answer in full
+    # (it scores an answer as a whole, cut off or not: no end-of-turn flags).
+    return [
+        {key: row[key] for key in ("prompt", "chosen", "rejected")}
+        for row in _dpo_rows(pairs, picks, frozenset())
+    ]
 
 
 def _pair_fits(tokenizer: Any, pair: PreferencePair, max_length: int) -> bool:

@@ -160,3 +160,21 @@ def test_actor_in_the_stacks_ray_decides_and_reports(stack: object, tmp_path: Pa
         ray.get(loop, timeout=30)
     finally:
         ray.kill(actor)
+
+
+def test_cut_off_answers_are_found_by_finish_reason(tmp_path: Path) -> None:
+    trainer = Trainer(config(tmp_path))
+    reasons = {"r-0": "length", "r-1": "stop", "r-2": None, "r-3": "length"}
+    rows = [
+        {
+            "response_id": rid, "conversation_id": "c", "prompt_hash": "h", "user_hash": None,
+            "adapter": "base", "arm": "stable", "created_ms": 1, "calibrated": False,
+            "event": {"response_id": rid, "finish_reason": reason},
+        }
+        for rid, reason in reasons.items()
+    ]  # fmt: skip
+    with trainer.store.transaction() as tx:
+        trainer.store.upsert(tx, s.interactions, rows)
+    records = pairs()[:4]  # rejected answers r-0..r-3; an edit's chosen answer has no id
+    assert trainer.cut_off(records, []) == {"r-0", "r-3"}
+    assert trainer.cut_off([], []) == frozenset()

@@ -23,6 +23,13 @@ from trainer.gate import GateConfig, evaluate, preference_accuracy
 from trainer.train import (
     RewardModel,
     TrainConfig,
+    _common_args,
+    _cut_aware,
+    _kto_rows,
+    _load_policy,
+    _lora,
+    end_of_turn,
+    load_tokenizer,
     train_policy,
     train_reward_model,
     weighted_resample,
@@ -231,3 +238,26 @@ def test_no_data_is_an_error(base: Path, workdir: Path) -> None:
         train_policy(base, None, [], [], workdir / "empty", config())
     with pytest.raises(ValueError, match="nothing to train"):
         train_policy(base, None, [pair(0, weight=0.0)], [], workdir / "empty", config())
+
+
+def test_cut_off_answers_train_without_end_of_turn(base: Path, workdir: Path) -> None:
+    """An answer cut off by max_tokens is trained open: the model never learns to stop
+    where a length limit stopped it. A finished answer keeps its end of turn."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    tokenizer = load_tokenizer(base)
+    tail = end_of_turn(tokenizer)
+    assert tokenizer.convert_ids_to_tokens(tail)[0] == "<|im_end|>"
+    rows = _kto_rows([label(0, True), label(0, True)], [0, 1], cut=frozenset())
+    rows[1]["complete"] = False  # the same answer, once cut off
+    trainer = _cut_aware(KTOTrainer, {"completion_ids": "complete"})(
+        model=_load_policy(base, None),
+        args=KTOConfig(**_common_args(config(), str(workdir / "cut"), 1e-4, 2)),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=_lora(config(), "CAUSAL_LM"),
+    )
+    finished, cut = trainer.train_dataset["completion_ids"]
+    assert finished[-len(tail) :] == tail
+    assert cut == finished[: -len(tail)]
