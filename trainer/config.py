@@ -34,10 +34,11 @@ class TrainConfig(BaseModel):
         description="Linear layers that get a LoRA (every projection of a Llama block).",
     )
     dpo_lr: float = Field(
-        2e-4,
+        5e-4,
         ge=0,
-        description="DPO learning rate. 2e-4 is safe only together with the SFT term: plain DPO at "
-        "this rate over-optimizes SmolLM2-135M into gibberish within an epoch.",
+        description="DPO learning rate. Safe only together with the SFT term: plain DPO at this "
+        "rate over-optimizes SmolLM2-135M into gibberish within an epoch. At 2e-4 a round of "
+        "~80 pairs (10 steps a pass) left the served answers where they were.",
     )
     dpo_beta: float = Field(
         0.1, gt=0, description="DPO beta: strength of the pull to the reference."
@@ -49,26 +50,65 @@ class TrainConfig(BaseModel):
         "loss; it keeps answers fluent. 0 gives plain DPO.",
     )
     kto_lr: float = Field(
-        1e-4,
+        5e-4,
         ge=0,
-        description="KTO learning rate; lower than DPO's because KTO has no SFT term to anchor it.",
+        description="KTO learning rate. At 1e-3 KTO made SmolLM2 repeat itself within two "
+        "rounds; 5e-4 learned a preference from ~60 labels in one round and kept the gate's "
+        "fluency guard.",
     )
     kto_beta: float = Field(
         0.1, gt=0, description="KTO beta: strength of the pull to the reference."
     )
-    epochs: float = Field(
-        1.0, gt=0, description="Passes over the (weight-resampled) policy data, per stage."
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Passes over the (weight-resampled) data, per stage. None: chosen from the "
+        "round's size (trainer.schedule): as many passes as give `target_steps` optimizer "
+        "steps, between 1 and `max_epochs`.",
     )
-    batch_size: int = Field(8, ge=1, description="Records per optimizer micro-batch.")
+    target_steps: int = Field(
+        32,
+        ge=1,
+        description="With `epochs` None, optimizer steps a stage aims for: a round of 80 "
+        "pairs gets 3 passes at batch 8, one of 400 pairs a single pass.",
+    )
+    max_epochs: float = Field(
+        3.0,
+        ge=1,
+        description="With `epochs` None, most passes over a small round (more memorises it).",
+    )
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Most records per optimizer micro-batch; a small round uses smaller "
+        "batches so that a pass is at least 4 steps.",
+    )
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(
-        256,
+        320,
         ge=8,
-        description="Token limit of prompt + answer. Longer sequences lose their end; records "
-        "whose prompt alone fills it are dropped.",
+        description="Token limit of prompt + answer. Batches are padded to their own longest "
+        "row, so this only cuts: an answer longer than the room its prompt leaves loses its "
+        "end.",
+    )
+    max_prompt_length: int = Field(
+        192,
+        ge=1,
+        description="Prompts longer than this many tokens keep their last ones (the newest "
+        "turns): a long conversation costs no more to train on than this.",
+    )
+    precompute_ref: bool = Field(
+        True,
+        description="DPO's reference log-probabilities are computed once per record before "
+        "training (not once per step and pass), without gradients, in larger batches.",
+    )
+    cut_aware: bool = Field(
+        True,
+        description="Answers cut off by the chat's max_tokens are trained without an end of "
+        "turn, so the model never learns to stop where a length limit stopped it.",
     )
     max_steps: int | None = Field(
-        None, ge=1, description="If set, optimizer steps per stage, overriding `epochs`."
+        None, ge=1, description="If set, optimizer steps per stage, overriding the passes."
     )
     bf16: bool | None = Field(
         None,

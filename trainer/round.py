@@ -84,7 +84,6 @@ class Trainer:
         )
         return self.store.cut_off(sorted(ids))
 
-
     def new_records(self) -> int:
         """Counted in the store (the actor asks every few seconds: nothing is loaded)."""
         return self.store.count_records_since(self.window_start())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import math
 import random
 import tempfile
 import time
@@ -34,6 +33,7 @@ from transformers import (
 
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TrainConfig
+from trainer.schedule import plan
 
 __all__ = [
     "PolicyResult",
@@ -170,15 +170,6 @@ def weighted_resample(weights: Sequence[float], n: int, rng: random.Random) -> l
     return picks
 
 
-def _n_samples(n_records: int, batch: int, config: TrainConfig) -> int:
-    """Dataset size for one stage: whole batches only, so every step (and KTO's in-batch KL
-    estimate) sees a full batch; `max_steps` fixes the count, else `epochs` passes."""
-    if config.max_steps is not None:
-        return config.max_steps * batch * config.grad_accum
-    per_step = batch * config.grad_accum
-    return max(1, math.ceil(n_records * config.epochs / per_step)) * per_step
-
-
 def end_of_turn(tokenizer: Any) -> list[int]:
     """The tokens the chat template closes an assistant message with (``<|im_end|>`` and a
     newline for SmolLM2): what an answer cut off by ``max_tokens`` never said. Empty for a
@@ -202,28 +193,83 @@ def _reopen(example: dict[str, Any], tail: list[int], ends: dict[str, str]) -> d
     return example
 
 
-def _cut_aware(trainer_cls: Any, ends: dict[str, str]) -> Any:
-    """`trainer_cls` (a TRL trainer) training cut-off answers without their end of turn.
+def _keep_prompt_end(example: dict[str, Any], limit: int) -> dict[str, Any]:
+    """A prompt over `limit` tokens keeps its last ones: the newest turns are what the
+    answer replies to (TRL would otherwise cut the answer's end to make room)."""
+    if len(example["prompt_ids"]) > limit:
+        example["prompt_ids"] = example["prompt_ids"][-limit:]
+    return example
+
+
+def _prepared(trainer_cls: Any, ends: dict[str, str], config: TrainConfig) -> Any:
+    """`trainer_cls` (a TRL trainer) with LiveAlign's data preparation on top of TRL's own
+    tokenization: long prompts cut from the left, and cut-off answers reopened.
 
     TRL renders every answer as a closed assistant message, so an answer cut off by
     ``max_tokens`` mid-sentence would be trained as if the model chose to stop there. Almost
     every answer of a small budget is cut: trained closed, they teach stopping mid-sentence
-    (when liked) and blur what a short, finished answer is worth. Reopened, the only stops
-    the model learns are the ones it made itself."""
+    (when liked) and blur what a short, finished answer is worth. Reopened (`ends` maps a
+    token column to the flag column saying whether its answer was complete), the only stops
+    the model learns are the ones it made itself.
 
-    class CutAware(trainer_cls):
-        def _prepare_dataset(self, dataset: Any, processing_class: Any, *args: Any) -> Any:
-            prepared = super()._prepare_dataset(dataset, processing_class, *args)
+    The resampled dataset repeats records (weights, several passes); with precomputed
+    reference log-probabilities each distinct record is scored once, not once a row."""
+
+    class Prepared(trainer_cls):
+        def _prepare_dataset(
+            self, dataset: Any, processing_class: Any, args: Any, *rest: Any
+        ) -> Any:
+            # TRL drops a record whose prompt alone fills max_length while tokenizing; the
+            # prompt is cut first here instead, so TRL is told no limit for that step (its
+            # collator took the limit when it was built and still enforces it).
+            limit, args.max_length = args.max_length, None
+            try:
+                prepared = super()._prepare_dataset(dataset, processing_class, args, *rest)
+            finally:
+                args.max_length = limit
+            prepared = prepared.map(_keep_prompt_end, fn_kwargs={"limit": config.max_prompt_length})
+            if limit is not None:
+                prepared = prepared.filter(lambda ex: len(ex["prompt_ids"]) < limit)
+            if not config.cut_aware:
+                return prepared
             tail = end_of_turn(processing_class)
             return prepared.map(_reopen, fn_kwargs={"tail": tail, "ends": ends})
 
-    return CutAware
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            if "record" not in dataset.column_names:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            first: dict[int, int] = {}
+            for row, record in enumerate(dataset["record"]):
+                first.setdefault(record, row)
+            distinct = super()._precompute_ref_logps(
+                dataset.select(list(first.values())), name, batch_size
+            )
+            ref = {
+                r: (c, j)
+                for r, c, j in zip(
+                    distinct["record"],
+                    distinct["ref_chosen_logps"],
+                    distinct["ref_rejected_logps"],
+                    strict=True,
+                )
+            }
+            log.info("reference log-probs: %d distinct records for %d rows", len(ref), len(dataset))
+            return dataset.map(
+                lambda ex: {
+                    "ref_chosen_logps": ref[ex["record"]][0],
+                    "ref_rejected_logps": ref[ex["record"]][1],
+                }
+            )
+
+    return Prepared
 
 
-def _fits(tokenizer: Any, prompt: Sequence[ChatMessage], max_length: int) -> bool:
+def _fits(tokenizer: Any, prompt: Sequence[ChatMessage], config: TrainConfig) -> bool:
     # TRL drops (not truncates) a record whose prompt alone fills max_length; dropping it
-    # here first keeps the counts honest and never hands TRL an empty dataset.
-    return len(prompt_ids(tokenizer, prompt)) < max_length
+    # here first keeps the counts honest and never hands TRL an empty dataset. Prompts are
+    # cut to max_prompt_length first (see _keep_prompt_end).
+    n = min(len(prompt_ids(tokenizer, prompt)), config.max_prompt_length)
+    return n < config.max_length
 
 
 class _ProgressCallback(TrainerCallback):
@@ -351,6 +397,7 @@ def _dpo_rows(
             "prompt": messages_as_dicts(pairs[i].prompt),
             "chosen": [{"role": "assistant", "content": pairs[i].chosen}],
             "rejected": [{"role": "assistant", "content": pairs[i].rejected}],
+            "record": i,
             "chosen_complete": pairs[i].chosen_response_id not in cut,
             "rejected_complete": pairs[i].rejected_response_id not in cut,
         }
@@ -401,10 +448,10 @@ def _plan_dpo(
 ) -> _Stage:
     if not pairs:
         return _Stage("dpo", [], 1)
-    batch = min(config.batch_size, len(pairs))
-    n = _n_samples(len(pairs), batch, config)
-    picks = weighted_resample([p.weight for p in pairs], n, rng)
-    return _Stage("dpo", _dpo_rows(pairs, picks, cut), batch * config.grad_accum)
+    sched = plan(len(pairs), config)
+    picks = weighted_resample([p.weight for p in pairs], sched.samples, rng)
+    log.info("dpo plan: %d pairs, %s", len(pairs), sched.as_dict())
+    return _Stage("dpo", _dpo_rows(pairs, picks, cut), sched.batch * config.grad_accum)
 
 
 def _plan_kto(
@@ -413,10 +460,10 @@ def _plan_kto(
     if not labels:
         return _Stage("kto", [], 1)
     # KTO estimates its KL term from the other answers of the same batch: it needs >= 2.
-    batch = max(2, min(config.batch_size, len(labels)))
-    n = _n_samples(len(labels), batch, config)
-    picks = weighted_resample([lab.weight for lab in labels], n, rng)
-    return _Stage("kto", _kto_rows(labels, picks, cut), batch * config.grad_accum)
+    sched = plan(len(labels), config, min_batch=2)
+    picks = weighted_resample([lab.weight for lab in labels], sched.samples, rng)
+    log.info("kto plan: %d labels, %s", len(labels), sched.as_dict())
+    return _Stage("kto", _kto_rows(labels, picks, cut), sched.batch * config.grad_accum)
 
 
 def _run_dpo(
@@ -431,10 +478,12 @@ def _run_dpo(
         beta=config.dpo_beta,
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, config.sft_weight],
+        precompute_ref_log_probs=config.precompute_ref,
+        # Inference only: bigger batches than training's cost no gradient memory.
+        precompute_ref_batch_size=4 * micro,
     )
-    trainer = _cut_aware(
-        DPOTrainer, {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
-    )(
+    ends = {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
+    trainer = _prepared(DPOTrainer, ends, config)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(stage.rows),
@@ -466,7 +515,7 @@ def _run_kto(
         # the rows are already shuffled by the resampler.
         train_sampling_strategy="sequential",
     )
-    trainer = _cut_aware(KTOTrainer, {"completion_ids": "complete"})(
+    trainer = _prepared(KTOTrainer, {"completion_ids": "complete"}, config)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(stage.rows),
@@ -501,15 +550,13 @@ def train_policy(
     A stage without data is skipped; no data at all is a ValueError.
     Record weights are honoured by weighted resampling (see weighted_resample). Answers whose
     response id is in `cut` were cut off by max_tokens and are trained without their end of
-    turn (see _cut_aware). Writes only
+    turn (see _prepared). Writes only
     adapter_config.json + adapter_model.safetensors into `out_dir`.
     """
     started = time.monotonic()
     tokenizer = load_tokenizer(base_model)
-    pairs = [p for p in pairs if p.weight > 0 and _fits(tokenizer, p.prompt, config.max_length)]
-    labels = [
-        lab for lab in labels if lab.weight > 0 and _fits(tokenizer, lab.prompt, config.max_length)
-    ]
+    pairs = [p for p in pairs if p.weight > 0 and _fits(tokenizer, p.prompt, config)]
+    labels = [lab for lab in labels if lab.weight > 0 and _fits(tokenizer, lab.prompt, config)]
     if not pairs and not labels:
         raise ValueError("nothing to train on: no usable pairs or labels (weight > 0, prompt fits)")
     rng = random.Random(config.seed)
@@ -676,11 +723,9 @@ def train_reward_model(
     pairs = [p for p in pairs if p.weight > 0 and _pair_fits(tokenizer, p, config.max_length)]
     if not pairs:
         raise ValueError("nothing to train the reward model on: no pair with weight > 0 fits")
-    batch = min(config.batch_size, len(pairs))
-    epochs_config = config.model_copy(update={"epochs": config.reward_epochs})
-    n = _n_samples(len(pairs), batch, epochs_config)
+    sched = plan(len(pairs), config.model_copy(update={"epochs": config.reward_epochs}))
+    batch, n, steps = sched.batch, sched.samples, sched.steps
     picks = weighted_resample([p.weight for p in pairs], n, random.Random(config.seed))
-    steps = n // (batch * config.grad_accum)
     cb = _ProgressCallback("reward", 0, steps, progress)
     with (
         _threads(config.num_threads),

@@ -24,12 +24,13 @@ from trainer.train import (
     RewardModel,
     TrainConfig,
     _common_args,
-    _cut_aware,
     _kto_rows,
     _load_policy,
     _lora,
+    _prepared,
     end_of_turn,
     load_tokenizer,
+    prompt_ids,
     train_policy,
     train_reward_model,
     weighted_resample,
@@ -251,7 +252,7 @@ def test_cut_off_answers_train_without_end_of_turn(base: Path, workdir: Path) ->
     assert tokenizer.convert_ids_to_tokens(tail)[0] == "<|im_end|>"
     rows = _kto_rows([label(0, True), label(0, True)], [0, 1], cut=frozenset())
     rows[1]["complete"] = False  # the same answer, once cut off
-    trainer = _cut_aware(KTOTrainer, {"completion_ids": "complete"})(
+    trainer = _prepared(KTOTrainer, {"completion_ids": "complete"}, config())(
         model=_load_policy(base, None),
         args=KTOConfig(**_common_args(config(), str(workdir / "cut"), 1e-4, 2)),
         train_dataset=Dataset.from_list(rows),
@@ -261,3 +262,48 @@ def test_cut_off_answers_train_without_end_of_turn(base: Path, workdir: Path) ->
     finished, cut = trainer.train_dataset["completion_ids"]
     assert finished[-len(tail) :] == tail
     assert cut == finished[: -len(tail)]
+
+
+def test_precomputed_reference_gives_the_same_loss(base: Path, workdir: Path) -> None:
+    """Reference log-probs computed once per distinct record (rows repeat: weights, passes)
+    train exactly as TRL's per-step reference forward does."""
+    pairs = [pair(i, weight=2.0 if i % 2 else 1.0) for i in range(4)]
+    losses = [
+        train_policy(
+            base, None, pairs, [], workdir / f"ref-{on}",
+            config(max_steps=2, dpo_lr=1e-3, precompute_ref=on),
+        ).dpo_loss
+        for on in (True, False)
+    ]  # fmt: skip
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_long_prompt_keeps_its_end(base: Path, workdir: Path) -> None:
+    """A prompt longer than max_prompt_length is cut from the left, not dropped, and the
+    answer is trained whole."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = load_tokenizer(base)
+    long = [ChatMessage(role="user", content="word " * 200 + "Is the sky blue?")]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": long[0].content}],
+            "chosen": [{"role": "assistant", "content": "Yes."}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+            "record": 0, "chosen_complete": True, "rejected_complete": True,
+        }
+    ] * 2  # fmt: skip
+    cfg = config(max_length=64, max_prompt_length=32)
+    ends = {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
+    trainer = _prepared(DPOTrainer, ends, cfg)(
+        model=_load_policy(base, None),
+        args=DPOConfig(**_common_args(cfg, str(workdir / "long"), 1e-4, 2)),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=_lora(cfg, "CAUSAL_LM"),
+    )
+    head = trainer.train_dataset["prompt_ids"][0]
+    assert len(head) == 32
+    assert head == prompt_ids(tokenizer, long)[-32:]
+    assert tokenizer.decode(trainer.train_dataset["chosen_ids"][0]).startswith("Yes.")
