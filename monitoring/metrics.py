@@ -131,6 +131,11 @@ ROUND_SECONDS = Histogram(
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
 )
 TRAIN_LOSS = Gauge("livealign_trainer_loss", "Latest training loss, by stage.", ["stage"])
+TRAINER_RSS = Gauge(
+    "livealign_trainer_rss_bytes",
+    "Resident memory of the trainer process: the latest round's peak, and after the round.",
+    ["when"],
+)
 GATE_METRIC = Gauge(
     "livealign_trainer_gate",
     "Gate metrics of the latest candidate (pref_accuracy, win_rate, ...).",

@@ -27,6 +27,7 @@ from typing import Any
 from monitoring import metrics as m
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, now_ms
 from streaming.store import PreferenceStore
+from trainer import memory
 from trainer.config import TrainerConfig
 from trainer.gate import evaluate
 from trainer.registry import DataWindow, Registry
@@ -92,11 +93,13 @@ class Trainer:
     def run_round(self) -> RoundReport:
         report = RoundReport(outcome="skipped", started_ms=now_ms())
         m.ROUNDS.labels("started").inc()
+        memory.reset_peak()
         try:
             self._run(report)
         except Exception as exc:
             report.outcome, report.reasons = "failed", [f"{type(exc).__name__}: {exc}"]
             log.exception("training round failed")
+        self._memory(report)
         m.ROUNDS.labels(report.outcome).inc()
         self._log(report)
         return report
@@ -137,6 +140,7 @@ class Trainer:
                 cut=self.cut_off(train_pairs, train_labels),
             )  # fmt: skip
             report.seconds["policy"] = time.perf_counter() - t
+            report.metrics["policy_steps"] = float(policy.steps)
             for key, value in (("dpo_loss", policy.dpo_loss), ("kto_loss", policy.kto_loss)):
                 if value is not None:
                     report.metrics[key] = value
@@ -208,6 +212,18 @@ class Trainer:
             )
             return None
         return RewardModel.load(self.config.base_model, result.model_dir)
+
+    def _memory(self, report: RoundReport) -> None:
+        """Peak resident memory of the round, and what is left once freed memory is handed
+        back: the peak is what a machine must have, the rest what stays taken between
+        rounds."""
+        peak = memory.peak_rss_bytes()
+        memory.release()
+        after = memory.rss_bytes()
+        for when, value in (("peak", peak), ("after", after)):
+            if value is not None:
+                report.metrics[f"rss_{when}_gb"] = round(value / 2**30, 3)
+                m.TRAINER_RSS.labels(when).set(value)
 
     def _log(self, report: RoundReport) -> None:
         path = self.config.registry_dir / "rounds.jsonl"
