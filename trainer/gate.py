@@ -1,16 +1,23 @@
 """The offline evaluation gate: should a freshly trained adapter replace the current one?
 
-Four checks, each skipped (and said so) when its inputs are missing or too few to judge on:
+Five checks, each skipped (and said so) when its inputs are missing or too few to judge on;
+each one's decision, numbers and thresholds go into `GateReport.checks`. The rules
+themselves are in `trainer.gate_checks`; this module runs the models that feed them.
 
 - preference accuracy: on held-out pairs (at least `min_pref_pairs`), does the candidate's
   DPO implicit reward [log p_cand(chosen) - log p_cur(chosen)] - [same for rejected] favour
   the chosen answer?
-- win rate: on held-out prompts, does the reward model prefer the candidate's greedy answers
-  to the current adapter's?
+- win rate: on held-out prompts, does a judge (the reward model, or any pairwise `Judge`)
+  prefer the candidate's greedy answers to the current adapter's? Each prompt is judged
+  in both orders and only order-consistent verdicts count; the candidate passes when the
+  Wilson interval of its win rate is not below `min_win_rate_lower`, so 10-30 prompts are
+  not taken for more evidence than they are.
 - fluency: DPO can over-optimize into gibberish that still "wins" the checks above, so the
   candidate's answers must not become much less likely under the BASE model than the base
   model's own answers are (mean per-token NLL, nats): anchored to the base, so small drifts
   cannot add up round after round.
+- repetition: nor may they repeat themselves much more than the base model's own answers
+  do (word 3-grams); a loop is likely text, which the NLL check can miss.
 - length: answers must not collapse or balloon relative to the current adapter's.
 
 The base model is loaded once per evaluate; candidate and current adapters are switched on it.
@@ -30,9 +37,22 @@ from transformers import AutoModelForCausalLM
 
 from streaming.events import ChatMessage, PreferencePair
 from trainer.config import GateConfig
-from trainer.train import RewardModel, completion_ids, load_tokenizer, prompt_ids
+from trainer.gate_checks import (
+    Check,
+    Judge,
+    ScoreJudge,
+    Scorer,
+    check_fluency,
+    check_length,
+    check_preferences,
+    check_repetition,
+    check_win_rate,
+    judge_both_orders,
+    skipped,
+)
+from trainer.train import completion_ids, load_tokenizer, prompt_ids
 
-__all__ = ["GateConfig", "GateReport", "evaluate", "preference_accuracy"]
+__all__ = ["Check", "GateConfig", "GateReport", "Judge", "evaluate", "preference_accuracy"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +62,23 @@ CURRENT = "current"
 
 @dataclass
 class GateReport:
-    """Verdict with every number behind it. `reasons` names each failed check."""
+    """Verdict with every number behind it: `checks` holds each check's decision, numbers,
+    thresholds and reason; `reasons` names each failed check and `skipped` each skipped one
+    (both derived from `checks`), `metrics` is every check's numbers in one flat dict."""
 
     passed: bool
     reasons: list[str]
     metrics: dict[str, float]
     skipped: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, checks: list[Check], metrics: dict[str, float]) -> GateReport:
+        reasons = [c.reason for c in checks if c.decision == "failed"]
+        if all(c.decision == "skipped" for c in checks):
+            reasons.append("no check could run: no held-out pairs and no prompts")
+        skips = [c.reason for c in checks if c.decision == "skipped"]
+        return cls(not reasons, reasons, metrics, skips, checks)
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -228,34 +259,25 @@ def _base_nll(
     return _mean([-_mean(x) for x in logps])
 
 
-def _win_rate(
-    reward_model: RewardModel,
-    prompts: list[list[ChatMessage]],
-    candidate: _Answers,
-    current: _Answers,
-) -> float:
-    cand = reward_model.score(prompts, candidate.texts)
-    cur = reward_model.score(prompts, current.texts)
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(cand, cur, strict=True)]
-    return _mean(wins)
-
-
-def _length_ratio(candidate: _Answers, current: _Answers, eos: int) -> tuple[float, float, float]:
-    cand = _mean([_text_length(t, eos) for t in candidate.tokens])
-    cur = _mean([_text_length(t, eos) for t in current.tokens])
-    if cur == 0:
-        return cand, cur, 1.0 if cand == 0 else float("inf")
-    return cand, cur, cand / cur
-
-
 # ---- the gate ------------------------------------------------------------------------------
+
+# (Check.name, how its reasons start) of the checks on generated answers, in order.
+ANSWER_CHECKS = (
+    ("win_rate", "win rate"),
+    ("fluency", "fluency"),
+    ("repetition", "repetition"),
+    ("length", "length"),
+)
 
 
 @dataclass
 class _Verdict:
-    reasons: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def add(self, check: Check) -> None:
+        self.checks.append(check)
+        self.metrics.update(check.values)
 
 
 def _check_preferences(
@@ -266,33 +288,23 @@ def _check_preferences(
     v: _Verdict,
 ) -> None:
     if not pairs:
-        v.skipped.append("preference accuracy: no held-out pairs")
+        v.add(skipped("pref_accuracy", "preference accuracy: no held-out pairs"))
         return
     acc = _pref_accuracy(policies, CANDIDATE, ref, pairs, config)
-    v.metrics["pref_accuracy"] = acc
-    v.metrics["n_pairs"] = float(len(pairs))
-    if len(pairs) < config.min_pref_pairs:
-        v.skipped.append(
-            f"preference accuracy: {len(pairs)} held-out pairs < {config.min_pref_pairs}, "
-            "not judged"
-        )
-    elif acc < config.min_pref_accuracy:
-        v.reasons.append(
-            f"preference accuracy {acc:.3f} < {config.min_pref_accuracy:.3f} "
-            f"on {len(pairs)} held-out pairs"
-        )
+    v.add(check_preferences(acc, len(pairs), config.min_pref_pairs, config.min_pref_accuracy))
 
 
 def _check_answers(
     policies: _Policies,
     ref: str | None,
     prompts: list[list[ChatMessage]],
-    reward_model: RewardModel | None,
+    judge: Judge | None,
     config: GateConfig,
     v: _Verdict,
 ) -> None:
     if not prompts:
-        v.skipped.extend(f"{c}: no held-out prompts" for c in ("win rate", "fluency", "length"))
+        for name, label in ANSWER_CHECKS:
+            v.add(skipped(name, f"{label}: no held-out prompts"))
         return
     tok = policies.tokenizer
     with policies.use(CANDIDATE) as model:
@@ -300,21 +312,26 @@ def _check_answers(
     with policies.use(ref) as model:
         cur = _generate(model, tok, prompts, config)
     base = cur
-    if ref is not None:  # the fluency anchor is the base model's own answers
+    if ref is not None:  # the fluency and repetition anchor is the base model's own answers
         with policies.use(None) as model:
             base = _generate(model, tok, prompts, config)
     v.metrics["n_prompts"] = float(len(prompts))
-    if reward_model is None:
-        v.skipped.append("win rate: no reward model")
+    if judge is None:
+        v.add(skipped("win_rate", "win rate: no reward model"))
     else:
-        win = v.metrics["win_rate"] = _win_rate(reward_model, prompts, cand, cur)
-        if win < config.min_win_rate:
-            v.reasons.append(
-                f"reward-model win rate {win:.3f} < {config.min_win_rate:.3f} "
-                f"on {len(prompts)} prompts"
-            )
+        verdicts = judge_both_orders(judge, prompts, cand.texts, cur.texts)
+        v.add(check_win_rate(verdicts, config.win_rate_confidence, config.min_win_rate_lower))
     _check_fluency(policies, prompts, cand, cur, base, config, v)
-    _check_length(cand, cur, tok.eos_token_id, config, v)
+    v.add(check_repetition(cand.texts, cur.texts, base.texts, config.max_repetition_increase))
+    eos = tok.eos_token_id
+    v.add(
+        check_length(
+            _mean([_text_length(t, eos) for t in cand.tokens]),
+            _mean([_text_length(t, eos) for t in cur.tokens]),
+            config.min_length_ratio,
+            config.max_length_ratio,
+        )
+    )
 
 
 def _check_fluency(
@@ -329,29 +346,10 @@ def _check_fluency(
     """Anchored to the base model's own answers, not the current adapter's: measured
     against the current one, each round could drift a little further from fluent text
     (in the learning bench three rounds went 0.66 -> 1.19 -> 1.98 -> 3.65 nats)."""
-    nll_cand = v.metrics["nll_candidate"] = _base_nll(policies, prompts, cand, config)
-    v.metrics["nll_current"] = _base_nll(policies, prompts, cur, config)
-    nll_base = v.metrics["nll_base"] = (
-        v.metrics["nll_current"] if base is cur else _base_nll(policies, prompts, base, config)
-    )
-    increase = v.metrics["nll_increase"] = nll_cand - nll_base
-    if increase > config.max_nll_increase:
-        v.reasons.append(
-            f"fluency: base-model NLL of the candidate's answers {nll_cand:.3f} exceeds the "
-            f"base model's own {nll_base:.3f} by {increase:.3f} > {config.max_nll_increase:.3f} "
-            "nats/token"
-        )
-
-
-def _check_length(cand: _Answers, cur: _Answers, eos: int, config: GateConfig, v: _Verdict) -> None:
-    len_cand, len_cur, ratio = _length_ratio(cand, cur, eos)
-    v.metrics.update(length_candidate=len_cand, length_current=len_cur, length_ratio=ratio)
-    if not config.min_length_ratio <= ratio <= config.max_length_ratio:
-        v.reasons.append(
-            f"length: candidate answers average {len_cand:.1f} tokens vs current {len_cur:.1f} "
-            f"(ratio {ratio:.2f} outside [{config.min_length_ratio:.2f}, "
-            f"{config.max_length_ratio:.2f}])"
-        )
+    nll_cand = _base_nll(policies, prompts, cand, config)
+    nll_cur = _base_nll(policies, prompts, cur, config)
+    nll_base = nll_cur if base is cur else _base_nll(policies, prompts, base, config)
+    v.add(check_fluency(nll_cand, nll_cur, nll_base, config.max_nll_increase))
 
 
 def evaluate(
@@ -360,23 +358,25 @@ def evaluate(
     current: Path | None,
     held_out_pairs: list[PreferencePair],
     prompts: list[list[ChatMessage]],
-    reward_model: RewardModel | None,
+    reward_model: Scorer | None,
     config: GateConfig,
+    judge: Judge | None = None,
 ) -> GateReport:
     """Judge `candidate` against `current` (None = the base model). See the module docstring.
 
-    Passes only if every applicable check passes; a check without inputs is listed in
-    `skipped`, and if every check was skipped the candidate does not pass.
+    The win rate is judged by `judge` if given (a pairwise judge, e.g. an LLM), else by the
+    reward model's scores; with neither it is skipped. Passes only if no check failed and
+    at least one ran; a check without inputs is skipped and says why.
     """
+    if judge is None and reward_model is not None:
+        judge = ScoreJudge(reward_model, config.reward_tie_margin)
     adapters = {CANDIDATE: candidate} | ({CURRENT: current} if current is not None else {})
     policies = _Policies(base_model, adapters)
     ref = CURRENT if current is not None else None
     v = _Verdict()
     _check_preferences(policies, ref, held_out_pairs, config, v)
-    _check_answers(policies, ref, prompts[: config.n_prompts], reward_model, config, v)
-    if len(v.skipped) == 4:
-        v.reasons.append("no check could run: no held-out pairs and no prompts")
-    report = GateReport(not v.reasons, v.reasons, v.metrics, v.skipped)
+    _check_answers(policies, ref, prompts[: config.n_prompts], judge, config, v)
+    report = GateReport.of(v.checks, v.metrics)
     log.info(
         "gate %s: %s metrics=%s skipped=%s",
         "passed" if report.passed else "rejected",

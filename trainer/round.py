@@ -44,6 +44,7 @@ class RoundReport:
     parent: str | None = None
     reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the gate's, one per check
     seconds: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
     n_labels: int = 0
@@ -157,6 +158,7 @@ class Trainer:
             )
             report.seconds["gate"] = time.perf_counter() - t
             report.metrics.update(gate.metrics)
+            report.checks = [asdict(c) for c in gate.checks]
             for key, value in gate.metrics.items():
                 m.GATE_METRIC.labels("candidate", key).set(value)
             if not gate.passed:

@@ -39,7 +39,7 @@ def test_short_learning_run_completes_a_round_and_reports_a_number(
                 "min_records": 4,
                 "train": tiny.train.model_copy(update={"max_steps": 2, "max_length": 96}),
                 "gate": tiny.gate.model_copy(
-                    update={"min_pref_accuracy": 0.0, "min_win_rate": 0.0}
+                    update={"min_pref_accuracy": 0.0, "min_win_rate_lower": 0.0}
                 ),
             }
         )

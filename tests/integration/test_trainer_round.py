@@ -56,7 +56,8 @@ def fill(store: PreferenceStore, records: list[PreferencePair]) -> None:
 def config(tmp: Path) -> TrainerConfig:
     # A constant preference ("Yes." over "No.") that a tiny random model learns in a few
     # dozen steps at a high learning rate; the gate's fluency guard is meaningless for a
-    # random model, so it is opened wide here (the real defaults are for SmolLM2).
+    # random model, so it is opened wide here, and so is its repetition guard (the real
+    # defaults are for SmolLM2).
     return TrainerConfig(
         base_model=prepare_tiny(CACHE),
         registry_dir=tmp / "registry",
@@ -75,6 +76,7 @@ def config(tmp: Path) -> TrainerConfig:
         ),
         gate=GateConfig(
             max_nll_increase=1e9,
+            max_repetition_increase=1.0,
             max_length_ratio=1e9,
             min_length_ratio=0.0,
             n_prompts=4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,18 @@ def test_dpo_learns_preference(base: Path, yes_adapter: Path, no_adapter: Path) 
     assert good >= bad + 0.5
 
 
+class FirstIsBetter:
+    """A maximally position-biased pairwise judge."""
+
+    def compare(
+        self,
+        prompts: Sequence[Sequence[ChatMessage]],
+        firsts: Sequence[str],
+        seconds: Sequence[str],
+    ) -> list[float]:
+        return [0.9] * len(firsts)
+
+
 def test_gate_rejects_inverted_candidate(
     base: Path, yes_adapter: Path, no_adapter: Path, reward_dir: tuple[Path, float | None]
 ) -> None:
@@ -172,20 +185,40 @@ def test_gate_rejects_inverted_candidate(
     assert not bad.passed
     assert any(r.startswith("preference accuracy") for r in bad.reasons), bad.reasons
     assert bad.metrics["pref_accuracy"] < gate.min_pref_accuracy
-    for key in ("win_rate", "nll_candidate", "nll_current", "length_ratio"):
+    for key in ("win_rate", "win_rate_low", "nll_candidate", "repetition_base", "length_ratio"):
         assert key in bad.metrics
-    assert 0.0 <= bad.metrics["win_rate"] <= 1.0
+    assert 0.0 <= bad.metrics["win_rate_low"] <= bad.metrics["win_rate_high"] <= 1.0
+    # The reward-model judge is order-consistent: every prompt is a win, a loss or a tie.
+    assert bad.metrics["n_inconsistent"] == 0
+    assert bad.metrics["n_consistent"] + bad.metrics["n_ties"] == 4
+    names = ["pref_accuracy", "win_rate", "fluency", "repetition", "length"]
+    assert [c.name for c in bad.checks] == names
+    assert bad.reasons == [c.reason for c in bad.checks if c.decision == "failed"]
 
     # The good candidate, judged against the inverted one as the current adapter, clears the
     # preference check. Without prompts the answer checks are skipped, and said so.
     good = evaluate(base, yes_adapter, no_adapter, HELD_OUT, [], None, gate)
     assert good.passed, good.reasons
     assert good.metrics["pref_accuracy"] >= gate.min_pref_accuracy
-    assert [s.split(":")[0] for s in good.skipped] == ["win rate", "fluency", "length"]
-    # With a current adapter, fluency is measured against the base model's own answers.
-    anchored = evaluate(base, yes_adapter, no_adapter, [], prompts[:2], None, gate)
+    assert [s.split(":")[0] for s in good.skipped] == [
+        "win rate",
+        "fluency",
+        "repetition",
+        "length",
+    ]
+    # With a current adapter, fluency and repetition are measured against the base model's
+    # own answers. A pairwise judge plugs in and is asked in both orders: one that always
+    # prefers the first answer contradicts itself on every prompt and decides nothing.
+    anchored = evaluate(
+        base, yes_adapter, no_adapter, [], prompts[:2], None, gate, judge=FirstIsBetter()
+    )
     m = anchored.metrics
     assert m["nll_increase"] == pytest.approx(m["nll_candidate"] - m["nll_base"])
+    assert m["repetition_increase"] == pytest.approx(
+        m["repetition_candidate"] - m["repetition_base"]
+    )
+    assert (m["n_inconsistent"], m["n_consistent"]) == (2, 0)
+    assert not anchored.passed and anchored.reasons[0].startswith("win rate")
     # Two held-out pairs are too few to judge on: the inverted candidate's accuracy is
     # recorded, the check is skipped and said so, and the other checks decide.
     few = evaluate(base, no_adapter, None, HELD_OUT[:2], [], None, gate)
