@@ -25,6 +25,8 @@ from streaming.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
+APP_NAME = "livealign"  # the Serve application: its deployment handles are found by it
+
 
 def resolve_model(settings: Settings) -> Path:
     if settings.model == "smollm2":
@@ -89,7 +91,7 @@ class LocalStack:
         self._ray_started = True
         serve.start(http_options={"host": s.host, "port": s.port})
         config = s.serving_config(model_path, self.bootstrap)
-        serve.run(build_app(config), name="livealign", route_prefix="/", blocking=False)
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
         self._wait_ready(timeout)
         if s.canary:
             self.start_canary()
@@ -111,12 +113,15 @@ class LocalStack:
         raise TimeoutError(f"{self.url}/healthz not ready after {timeout:.0f}s ({last})")
 
     def start_trainer(self, model_path: Path) -> None:
-        """The trainer Ray actor, looping until stop(): rounds on schedule or on data."""
+        """The trainer Ray actor, looping until stop(): rounds on schedule or on data. Its
+        teacher samples through the serving deployment's handle, in this Ray cluster."""
         from trainer.actor import TrainerActor
+        from trainer.sampler import ServeSampler
 
         self.trainer_metrics_port = free_port()
         config = self.settings.trainer_config(model_path, self.bootstrap)
-        self.trainer = TrainerActor.remote(config, self.trainer_metrics_port)  # type: ignore[attr-defined]
+        sampler = ServeSampler(APP_NAME)
+        self.trainer = TrainerActor.remote(config, self.trainer_metrics_port, sampler)  # type: ignore[attr-defined]
         self.trainer.loop.remote()
 
     def start_canary(self) -> None:

@@ -39,6 +39,17 @@ FEEDBACK = Counter(
     "Feedback events by kind and outcome (accepted, or the reason for rejection).",
     ["kind", "result"],
 )
+SAMPLES = Counter(
+    "livealign_sampler_samples_total",
+    "Answers sampled for the trainer's teacher (not user traffic: no interaction is logged), "
+    "by adapter.",
+    ["adapter"],
+)
+SAMPLE_CALLS = Counter(
+    "livealign_sampler_calls_total",
+    "Sampling calls from the trainer, by adapter and outcome (ok, refused, timeout, error).",
+    ["adapter", "status"],
+)
 
 # --- producer ------------------------------------------------------------------------
 PRODUCER_SENT = Counter(

@@ -103,6 +103,22 @@ class AdapterManager:
             return canary, CANARY_ARM
         return self.stable, STABLE_ARM
 
+    def hold(self, ref: str) -> Slot:
+        """The loaded slot of version ``ref`` (the stable or the canary one; the base model
+        always), held so that it is not unloaded while in use: release it when done. Not a
+        route: no arm is picked and nothing counts as either arm's traffic."""
+        found = [s for s in (self.stable, self.canary) if s is not None and s.ref == ref]
+        if not found and ref != BASE_ADAPTER:
+            raise APIError(
+                409,
+                f"{ref} is not loaded on this replica (stable {self.stable.ref}, canary "
+                f"{self.canary_ref})",
+                code="adapter_not_loaded",
+            )
+        slot = found[0] if found else Slot(BASE_ADAPTER, None)  # the base is always there
+        slot.acquire()
+        return slot
+
     @property
     def canary_ref(self) -> str | None:
         return self.canary.ref if self.canary else None

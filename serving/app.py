@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
 ``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``, and the
-admin API under ``/admin`` (adapter versions, the canary rollout).
+admin API under ``/admin`` (adapter versions, the canary rollout). One method is no
+route: ``sample``, the trainer's sampling path, called through a deployment handle.
 One deployment on purpose: chat, feedback and the producer share a process with the
 engine, so a request costs no extra actor hop (see bench/serving_overhead.py).
 """
@@ -22,10 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 from ray.serve.deployment import Application
 
-from serving import chat, tokens
+from serving import chat, sampling, tokens
 from serving.adapters import AdapterManager
 from serving.canary import assign, commands
-from serving.config import ServingConfig
+from serving.config import DEPLOYMENT_NAME, ServingConfig
 from serving.engine import Engine
 from serving.feedback import FeedbackDesk, FeedbackResult
 from serving.protocol import (
@@ -83,7 +84,7 @@ def _check_size(request: Request, limit: int) -> None:
         raise APIError(413, f"request body is {length} bytes; at most {limit}", code="too_large")
 
 
-@serve.deployment(name="ChatServer")
+@serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
 class ChatServer:
     async def __init__(self, config: ServingConfig) -> None:  # type: ignore[misc]  # Ray Serve awaits it
@@ -199,6 +200,12 @@ class ChatServer:
         # A full spool is counted and logged by the producer; the user still gets the answer.
         with contextlib.suppress(SpoolFull):
             self.producer.submit(TOPIC_INTERACTIONS, event.conversation_id, event)
+
+    # --- samples for the trainer's teacher (not user traffic) --------------------------
+    async def sample(self, body: dict[str, Any]) -> dict[str, Any]:
+        """k samples per prompt from a loaded adapter (``serving.sampling``). No route:
+        called through a deployment handle from inside the Ray cluster only."""
+        return await sampling.sample(self.engine, self.adapters, body, self.config.sampling)
 
     # --- feedback -----------------------------------------------------------------------
     @api.post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from serving.canary.policy import CanaryPolicy
 from streaming.producer import ProducerConfig
@@ -26,6 +26,24 @@ class EngineConfig(BaseModel):
     max_lora_rank: Literal[8, 16, 32, 64] = 16
     max_num_seqs: int = 64
     enforce_eager: bool = False
+
+
+# The deployment's name, which a Ray Serve deployment handle asks for (the trainer's sampler).
+DEPLOYMENT_NAME = "ChatServer"
+
+
+class SamplingLimits(BaseModel):
+    """Bounds of the trainer's sampling path (``serving.sampling``): it shares the engine
+    with user traffic, so one call may take only so much of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_prompts: int = Field(64, ge=1, description="Most prompts in one sampling call.")
+    max_k: int = Field(8, ge=1, description="Most samples per prompt (vLLM's n).")
+    max_tokens: int = Field(256, ge=1, description="Longest sample, in tokens.")
+    timeout_s: float = Field(
+        300.0, gt=0, description="A call still generating after this is aborted (and fails)."
+    )
 
 
 class ServingConfig(BaseModel):
@@ -55,6 +73,9 @@ class ServingConfig(BaseModel):
     )
     drain_timeout_s: float = Field(300.0, description="Longest wait for in-flight requests.")
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
+    sampling: SamplingLimits = Field(
+        default_factory=SamplingLimits, description="Bounds of the trainer's sampling path."
+    )
     replica_num_cpus: float = 0.5
     max_ongoing_requests: int = 128
 

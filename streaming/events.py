@@ -126,7 +126,11 @@ class PreferencePair(BaseModel):
     chosen: str
     rejected: str
     weight: float = Field(ge=0)
-    provenance: Literal["edit", "regenerate"]
+    provenance: Literal["edit", "regenerate", "teacher"] = Field(
+        description="What made it: a user's edit, two regenerated answers the users scored, "
+        "or \"teacher\": the trainer's reward model ranking the policy's own samples, made "
+        "in a round and never stored or sent (not user data)."
+    )
     chosen_response_id: str | None = None
     rejected_response_id: str
     adapter: str = Field(description="Adapter that produced the rejected answer.")

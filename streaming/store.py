@@ -545,6 +545,16 @@ class PreferenceStore:
                                   response_ids)  # fmt: skip
         return frozenset(rid for rid, event in rows if loads(event).get("finish_reason") == "length")
 
+    def recent_prompts(self, limit: int) -> list[tuple[str, list[dict[str, Any]]]]:
+        """(response_id, messages) of the newest ``limit`` interactions, newest first: the
+        prompts users asked, which the trainer's teacher samples the policy on."""
+        stmt = (
+            select(interactions.c.response_id, interactions.c.event)
+            .order_by(interactions.c.created_ms.desc()).limit(limit)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return [(rid, loads(event)["messages"]) for rid, event in conn.execute(stmt)]
+
     def count_records_since(self, since_ms: int) -> int:
         """Pairs and labels written after ``since_ms``, counted in the database."""
         with self.engine.connect() as conn:
@@ -594,6 +604,8 @@ def outcome_row(o: ResponseOutcome, updated_ms: int) -> Row:
 
 
 def pair_row(p: PreferencePair, updated_ms: int) -> Row:
+    if p.provenance == "teacher":  # a model's guess must never pass for the users' data
+        raise ValueError(f"{p.pair_id}: teacher pairs are made in a round, never stored")
     return (
         p.pair_id, _messages_json(p.prompt), p.chosen, p.rejected, p.weight, p.provenance,
         p.chosen_response_id, p.rejected_response_id, p.adapter, updated_ms,

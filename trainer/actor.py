@@ -16,15 +16,19 @@ import ray
 from prometheus_client import start_http_server
 
 from trainer.round import Trainer, TrainerConfig
+from trainer.teacher import Sampler
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=1, max_concurrency=2)
 class TrainerActor:
-    def __init__(self, config: TrainerConfig, metrics_port: int = 0) -> None:
+    def __init__(
+        self, config: TrainerConfig, metrics_port: int = 0, sampler: Sampler | None = None
+    ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        self.trainer = Trainer(config)
+        # sampler: the serving deployment's sampling path, for the teacher; None: no teacher.
+        self.trainer = Trainer(config, sampler)
         self.config = config
         self._stop = threading.Event()
         self._round_lock = threading.Lock()

@@ -217,6 +217,72 @@ class GateConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
 
 
+class TeacherConfig(BaseModel):
+    """The reward model as a teacher (iterative / online DPO): each round, k answers of the
+    stable adapter to prompts seen in traffic, sampled through serving, scored by the
+    round's reward model, the best and worst of each prompt made a DPO pair next to the
+    users' own pairs. A reward model is a model of sparse feedback and can be wrong, so
+    its pairs count less than a user's, only clear wins count, their number is capped
+    relative to the users' pairs, and the gate (held-out user pairs, which the teacher
+    never samples for) still judges the result."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error
+
+    enabled: bool = Field(
+        True,
+        description="Use the teacher when a sampler (the serving deployment) is reachable and "
+        "the reward model passed its held-out accuracy check.",
+    )
+    k: int = Field(
+        4, ge=2, description="Answers sampled per prompt (vLLM's n); the best and worst pair up."
+    )
+    prompts_per_round: int = Field(
+        32,
+        ge=1,
+        description="Prompts sampled per round: the newest distinct ones of the traffic on "
+        "the training side of the split. More than the cap on pairs lets it keep the reward "
+        "model's surest calls.",
+    )
+    max_tokens: int = Field(
+        128,
+        ge=1,
+        description="Answer length limit per sample. Answers cut off by it are dropped: as "
+        "a DPO pair their turn would be closed where they stop, teaching the policy to stop "
+        "mid-sentence.",
+    )
+    temperature: float = Field(
+        0.9,
+        gt=0,
+        le=2,
+        description="Sampling temperature: the k answers must differ for best and worst to "
+        "mean anything (the model's own default, 0.2 for SmolLM2, gives near-copies).",
+    )
+    min_margin: float = Field(
+        1.0,
+        ge=0,
+        description="Least reward difference (best - worst) that makes a pair. Rewards are "
+        "Bradley-Terry log-odds, so 1.0 means the reward model prefers the best answer with "
+        "probability sigmoid(1) = 0.73; closer calls are its noise, not a preference.",
+    )
+    weight: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Weight of a teacher pair as a fraction of the users' median pair weight: "
+        "always below a user pair's, as it is a model's guess at the users' preference.",
+    )
+    ratio: float = Field(
+        1.0,
+        ge=0,
+        description="Most teacher pairs per user pair in a round (the clearest wins kept), so "
+        "that the users' own pairs always weigh at least 1 / (1 + ratio * weight) of the DPO "
+        "data; no user pairs, no teacher pairs.",
+    )
+    timeout_s: float = Field(
+        180.0, gt=0, description="Longest wait for the samples of one round from serving."
+    )
+
+
 class TrainerConfig(BaseModel):
     """When and how the trainer runs a round. Every field can be set from the stack's
     settings (``trainer_overrides``)."""
@@ -247,3 +313,4 @@ class TrainerConfig(BaseModel):
     max_records: int = Field(2000, description="Most recent records used in one round.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -21,16 +21,18 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from monitoring import metrics as m
-from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, now_ms
+from streaming.events import BASE_ADAPTER, ChatMessage, PreferenceLabel, PreferencePair, now_ms
 from streaming.store import PreferenceStore
 from trainer import memory
 from trainer.config import TrainerConfig
 from trainer.gate import evaluate
 from trainer.registry import DataWindow, Registry
+from trainer.teacher import Lesson, Sampler, TeacherReport, teach
 from trainer.train import RewardModel, train_policy, train_reward_model
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class RoundReport:
     seconds: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
     n_labels: int = 0
+    teacher: TeacherReport | None = None  # what the reward model taught (None: not reached)
 
 
 def _held_out(key: str, fraction: float) -> bool:
@@ -56,8 +59,9 @@ def _held_out(key: str, fraction: float) -> bool:
 
 
 class Trainer:
-    def __init__(self, config: TrainerConfig) -> None:
+    def __init__(self, config: TrainerConfig, sampler: Sampler | None = None) -> None:
         self.config = config
+        self.sampler = sampler  # serving's sampling path; None (offline): no teacher
         self.registry = Registry(config.registry_dir)
         self.store = PreferenceStore(config.store_url)
 
@@ -134,9 +138,17 @@ class Trainer:
         work.mkdir(parents=True)
         try:
             reward = self._reward_model(train_pairs, held_pairs, work, report)
+            lesson = Lesson(
+                stable or BASE_ADAPTER, train_pairs, [*held_pairs, *held_labels],
+                partial(_held_out, fraction=frac), report.metrics.get("reward_accuracy"),
+                cfg.min_reward_accuracy,
+            )  # fmt: skip
+            taught, report.teacher = teach(cfg.teacher, self.sampler, reward, self.store, lesson)
+            if report.teacher.seconds:  # it sampled (a refusal takes no time worth a stage)
+                report.seconds["teacher"] = report.teacher.seconds
             t = time.perf_counter()
             policy = train_policy(
-                cfg.base_model, parent_dir, train_pairs, train_labels, work / "candidate",
+                cfg.base_model, parent_dir, train_pairs + taught, train_labels, work / "candidate",
                 cfg.train, progress=_progress("policy"),
                 cut=self.cut_off(train_pairs, train_labels),
             )  # fmt: skip

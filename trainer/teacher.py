@@ -1,0 +1,298 @@
+"""The reward model as a teacher: iterative (online) DPO on the policy's own samples.
+
+Sparse human feedback trains the round's reward model; the reward model then labels
+answers the policy itself gives. For prompts seen in traffic (on the training side of the
+split: the gate's held-out prompts are never sampled), k answers of the stable adapter
+come from the serving engine (a ``Sampler``), the reward model scores them, and each
+prompt's best and worst answer become a DPO pair next to the users' own pairs, as in
+TRL's online DPO or the "iterative DPO" recipes. On-policy pairs are what DPO learns
+most from: they are answers the reference (the stable adapter) actually gives.
+
+A wrong reward model must not run away with the policy, so its pairs are held back:
+only a reward model that passed its held-out accuracy check teaches; only clear wins
+(``min_margin``) make pairs; a teacher pair weighs less than a user pair (``weight``);
+there are at most ``ratio`` teacher pairs per user pair (the clearest kept); they are
+marked ``provenance="teacher"`` and never stored or sent anywhere; and the gate still
+judges the candidate on held-out *user* pairs, fluency and win rate.
+
+Everything here but ``teach`` is a pure decision; ``teach`` does the round's I/O through
+the ``Sampler``, ``Scorer`` and ``PromptSource`` protocols, so tests use fakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
+from trainer.config import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+# Interactions read per prompt wanted: traffic repeats prompts, and some are held out.
+SCAN_FACTOR = 8
+PAIR_PREFIX = "teacher-"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled answer, and why it ended (vLLM's "stop", "length", ...)."""
+
+    text: str
+    finish_reason: str | None
+
+
+class Sampler(Protocol):
+    """Samples answers of a named adapter, outside user traffic (see serving.sampling)."""
+
+    def sample(
+        self,
+        adapter: str,
+        prompts: Sequence[list[ChatMessage]],
+        k: int,
+        max_tokens: int,
+        temperature: float,
+        timeout_s: float,
+    ) -> list[list[Sample]]:
+        """``k`` samples per prompt, in the prompts' order (fewer where a prompt does not fit)."""
+        ...
+
+
+class Scorer(Protocol):
+    """What the teacher needs of ``trainer.train.RewardModel``."""
+
+    def score(self, prompts: list[list[ChatMessage]], completions: list[str]) -> list[float]: ...
+
+
+class PromptSource(Protocol):
+    """What the teacher needs of ``streaming.store.PreferenceStore``."""
+
+    def recent_prompts(self, limit: int) -> list[tuple[str, list[dict[str, Any]]]]: ...
+
+
+@dataclass
+class TeacherReport:
+    """What the teacher did in a round (in the round report, so in rounds.jsonl)."""
+
+    used: bool = False
+    reason: str | None = None  # why it did not teach, when it did not
+    adapter: str | None = None
+    prompts: int = 0
+    samples: int = 0  # sampled answers, cut-off and empty ones included
+    pairs: int = 0
+    below_margin: int = 0  # prompts whose best-worst reward gap was too small
+    capped: int = 0  # pairs left out by the cap on teacher pairs per user pair
+    mean_margin: float | None = None
+    weight: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A prompt's best and worst sampled answer, and their reward gap."""
+
+    prompt: list[ChatMessage]
+    chosen: str
+    rejected: str
+    margin: float
+
+
+# --- pure decisions ----------------------------------------------------------------------
+
+
+def prompt_key(prompt: Sequence[ChatMessage]) -> str:
+    return json.dumps([m.model_dump() for m in prompt], sort_keys=True)
+
+
+def budget(n_user_pairs: int, ratio: float) -> int:
+    """Most teacher pairs a round may add: never more than ``ratio`` per user pair."""
+    return int(n_user_pairs * ratio)
+
+
+def choose_prompts(
+    recent: Sequence[tuple[str, list[ChatMessage]]],
+    held_prompts: set[str],
+    held_out: Callable[[str], bool],
+    n: int,
+) -> list[list[ChatMessage]]:
+    """The first ``n`` distinct prompts of ``recent`` (response id, prompt) that are on the
+    training side: not a held-out record's prompt (the gate judges those), and not asked
+    by an interaction on the held-out side (its label would be held out)."""
+    chosen: dict[str, list[ChatMessage]] = {}
+    for response_id, prompt in recent:
+        key = prompt_key(prompt)
+        if key in held_prompts or held_out(response_id) or key in chosen:
+            continue
+        if not any(m.role == "user" for m in prompt):
+            continue  # nothing was asked
+        chosen[key] = prompt
+        if len(chosen) == n:
+            break
+    return list(chosen.values())
+
+
+def usable(samples: Sequence[Sample]) -> list[str]:
+    """Distinct answers that ended on their own: a cut-off answer, made a pair, would have
+    its turn closed where it stops and teach the policy to stop mid-sentence."""
+    return list(
+        dict.fromkeys(s.text for s in samples if s.finish_reason == "stop" and s.text.strip())
+    )
+
+
+def best_vs_worst(
+    prompt: list[ChatMessage], answers: Sequence[str], scores: Sequence[float]
+) -> Candidate | None:
+    """The best and worst scored answer of a prompt; None with fewer than two answers."""
+    if len(answers) < 2:
+        return None
+    ranked = sorted(zip(scores, answers, strict=True), key=lambda x: x[0])
+    (low, worst), (high, best) = ranked[0], ranked[-1]
+    return Candidate(prompt, best, worst, high - low)
+
+
+def cap(candidates: Sequence[Candidate], most: int) -> list[Candidate]:
+    """The ``most`` clearest wins (largest margins): the reward model's surest calls."""
+    return sorted(candidates, key=lambda c: c.margin, reverse=True)[: max(most, 0)]
+
+
+def pair_weight(user_pairs: Sequence[PreferencePair], relative: float) -> float:
+    """A teacher pair's weight: ``relative`` (< 1) times the users' median pair weight."""
+    return relative * statistics.median(p.weight for p in user_pairs)
+
+
+def as_pair(c: Candidate, weight: float, adapter: str) -> PreferencePair:
+    """A DPO pair marked as the teacher's (provenance and id prefix), never the users'."""
+    digest = hashlib.sha256(
+        "\x1f".join((adapter, prompt_key(c.prompt), c.chosen, c.rejected)).encode()
+    ).hexdigest()[:32]
+    pair_id = PAIR_PREFIX + digest
+    return PreferencePair(
+        pair_id=pair_id, prompt=c.prompt, chosen=c.chosen, rejected=c.rejected, weight=weight,
+        provenance="teacher", chosen_response_id=None, rejected_response_id=pair_id,
+        adapter=adapter,
+    )  # fmt: skip
+
+
+def refusal(
+    config: TeacherConfig, sampler: Sampler | None, reward: Scorer | None, lesson: Lesson
+) -> str | None:
+    """Why the teacher does not teach this round, or None if it does."""
+    accuracy = lesson.accuracy
+    if not config.enabled:
+        return "disabled (teacher.enabled = false)"
+    if sampler is None:
+        return "no sampler: serving is not reachable from this trainer"
+    if reward is None:
+        return "no reward model this round"
+    if accuracy is None:
+        return "reward model accuracy not measured (no held-out pairs): it does not teach"
+    if accuracy < lesson.min_accuracy:
+        return f"reward model held-out accuracy {accuracy:.3f} < {lesson.min_accuracy}"
+    if budget(len(lesson.user_pairs), config.ratio) < 1:
+        return f"no room for teacher pairs ({len(lesson.user_pairs)} user pairs x {config.ratio})"
+    return None
+
+
+# --- the round's teacher step ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """What the round tells the teacher."""
+
+    adapter: str  # the stable one: the policy trains from it, so its answers are on-policy
+    user_pairs: Sequence[PreferencePair]  # this round's training pairs
+    held: Sequence[PreferencePair | PreferenceLabel]  # the gate's: prompts never sampled
+    held_out: Callable[[str], bool]  # the split, by response id
+    accuracy: float | None  # the reward model's held-out accuracy
+    min_accuracy: float  # what it must reach to teach
+
+
+def teach(
+    config: TeacherConfig,
+    sampler: Sampler | None,
+    reward: Scorer | None,
+    store: PromptSource,
+    lesson: Lesson,
+) -> tuple[list[PreferencePair], TeacherReport]:
+    """Teacher pairs for this round's DPO, and what was done. Never raises: a failed
+    sampling call is a reason in the report, and the round goes on without teacher pairs."""
+    started = time.perf_counter()
+    report = TeacherReport(adapter=lesson.adapter)
+    report.reason = refusal(config, sampler, reward, lesson)
+    if report.reason is not None or sampler is None or reward is None:
+        return [], report
+    try:
+        pairs = _teach(config, sampler, reward, store, lesson, report)
+    except Exception as exc:  # serving down, timed out, refused: the round trains without
+        log.warning("teacher: no pairs this round: %s", exc)
+        report.reason, pairs = f"sampling failed: {type(exc).__name__}: {exc}", []
+    report.seconds = time.perf_counter() - started
+    report.used = bool(pairs)
+    if pairs:
+        log.info("teacher: %d pairs from %d prompts", len(pairs), report.prompts)
+    return pairs, report
+
+
+def _teach(
+    config: TeacherConfig,
+    sampler: Sampler,
+    reward: Scorer,
+    store: PromptSource,
+    lesson: Lesson,
+    report: TeacherReport,
+) -> list[PreferencePair]:
+    most = budget(len(lesson.user_pairs), config.ratio)
+    # More prompts than pairs allowed, so that the cap keeps the reward model's surest calls.
+    prompts = _prompts(store, lesson, config.prompts_per_round)
+    report.prompts = len(prompts)
+    if not prompts:
+        report.reason = "no prompts on the training side of the split in the traffic"
+        return []
+    samples = sampler.sample(
+        lesson.adapter, prompts, config.k, config.max_tokens, config.temperature, config.timeout_s
+    )
+    report.samples = sum(len(s) for s in samples)
+    candidates = _score(reward, prompts, samples)
+    clear = [c for c in candidates if c.margin >= config.min_margin]
+    kept = cap(clear, most)
+    report.below_margin, report.capped = len(candidates) - len(clear), len(clear) - len(kept)
+    if not kept:
+        report.reason = f"no prompt's answers differed by a reward margin >= {config.min_margin}"
+        return []
+    weight = pair_weight(lesson.user_pairs, config.weight)
+    report.pairs, report.weight = len(kept), weight
+    report.mean_margin = statistics.fmean(c.margin for c in kept)
+    return [as_pair(c, weight, lesson.adapter) for c in kept]
+
+
+def _prompts(store: PromptSource, lesson: Lesson, n: int) -> list[list[ChatMessage]]:
+    """``n`` recent prompts on the training side of the split."""
+    recent = [
+        (rid, [ChatMessage.model_validate(m) for m in messages])
+        for rid, messages in store.recent_prompts(n * SCAN_FACTOR)
+    ]
+    held_prompts = {prompt_key(r.prompt) for r in lesson.held}
+    return choose_prompts(recent, held_prompts, lesson.held_out, n)
+
+
+def _score(
+    reward: Scorer, prompts: Sequence[list[ChatMessage]], samples: Sequence[Sequence[Sample]]
+) -> list[Candidate]:
+    """Each prompt's best-vs-worst candidate, all answers scored in one call (batched)."""
+    answers = [usable(s) for s in samples]
+    flat_prompts = [p for p, a in zip(prompts, answers, strict=True) for _ in a]
+    flat = [x for a in answers for x in a]
+    scores = iter(reward.score(flat_prompts, flat) if flat else [])
+    out = []
+    for prompt, these in zip(prompts, answers, strict=True):
+        candidate = best_vs_worst(prompt, these, [next(scores) for _ in these])
+        if candidate is not None:
+            out.append(candidate)
+    return out
