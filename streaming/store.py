@@ -543,7 +543,7 @@ class PreferenceStore:
         with self.engine.connect() as conn:
             rows = self.select_in(conn, interactions, ("response_id", "event"), "response_id",
                                   response_ids)  # fmt: skip
-        return frozenset(rid for rid, event in rows if loads(event).get("finish_reason") == "length")
+        return frozenset(rid for rid, ev in rows if loads(ev).get("finish_reason") == "length")
 
     def recent_prompts(self, limit: int) -> list[tuple[str, list[dict[str, Any]]]]:
         """(response_id, messages) of the newest ``limit`` interactions, newest first: the

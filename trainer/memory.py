@@ -7,6 +7,7 @@ so without a trim the process's resident size only ever grows, round after round
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -51,7 +52,5 @@ def reset_peak() -> None:
 def release() -> None:
     """Collect garbage and give freed heap back to the system (glibc's malloc_trim)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to trim

@@ -354,7 +354,7 @@ def _common_args(config: TrainConfig, workdir: str, lr: float, batch: int) -> di
     }
 
 
-def _lora(config: TrainConfig, task_type: str, **extra: Any) -> Any:
+def _lora(config: TrainConfig, task_type: str, model: Any, **extra: Any) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -362,9 +362,19 @@ def _lora(config: TrainConfig, task_type: str, **extra: Any) -> Any:
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules),
+        layers_to_transform=lora_layers(model.config.num_hidden_layers, config.lora_top_layers),
         task_type=task_type,
         **extra,
     )
+
+
+def lora_layers(n: int, share: float) -> list[int] | None:
+    """The top `share` of a model's `n` blocks (None: all). The backward pass stops at the
+    lowest block with a LoRA, so LoRA on the top half costs about half the backward."""
+    if share >= 1:
+        return None
+    first = n - max(1, round(n * share))
+    return list(range(first, n))
 
 
 def _save_adapter(model: Any, out_dir: Path, base_model: Path) -> None:
@@ -491,7 +501,7 @@ def _run_dpo(
         # A fresh adapter: TRL wraps the model; its reference is the base (adapter disabled).
         # A loaded parent: TRL copies it into a frozen "ref" adapter, so DPO's reference is
         # the adapter being served now, not the base.
-        peft_config=None if _is_peft(model) else _lora(config, "CAUSAL_LM"),
+        peft_config=None if _is_peft(model) else _lora(config, "CAUSAL_LM", model),
         callbacks=[cb],
     )
     loss = _train(trainer)
@@ -520,7 +530,7 @@ def _run_kto(
         args=args,
         train_dataset=Dataset.from_list(stage.rows),
         processing_class=tokenizer,
-        peft_config=None if _is_peft(model) else _lora(config, "CAUSAL_LM"),
+        peft_config=None if _is_peft(model) else _lora(config, "CAUSAL_LM", model),
         callbacks=[cb],
     )
     loss = _train(trainer)
@@ -733,13 +743,14 @@ def train_reward_model(
         tempfile.TemporaryDirectory(prefix="livealign-rm-") as tmp,
     ):
         args = RewardConfig(**_common_args(config, tmp, config.reward_lr, batch))
+        model = _load_reward_base(base_model, tokenizer)
         trainer = RewardTrainer(
-            model=_load_reward_base(base_model, tokenizer),
+            model=model,
             args=args,
             train_dataset=Dataset.from_list(_reward_rows(pairs, picks)),
             processing_class=tokenizer,
             # The score head is new and random: it must train and be saved with the adapter.
-            peft_config=_lora(config, "SEQ_CLS", modules_to_save=["score"]),
+            peft_config=_lora(config, "SEQ_CLS", model, modules_to_save=["score"]),
             callbacks=[cb],
         )
         log.info("reward: %d samples, %d steps", n, steps)

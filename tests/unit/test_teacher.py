@@ -267,11 +267,13 @@ def test_a_round_trains_on_teacher_pairs_and_reports_them(
 
     def fake_policy(_b: Any, _p: Any, pairs: list[PreferencePair], *a: Any, **k: Any) -> Any:
         taught.extend(pairs)
-        return type("P", (), {"adapter_dir": tmp_path, "dpo_loss": 0.1, "kto_loss": None})()
+        return type(
+            "P", (), {"adapter_dir": tmp_path, "dpo_loss": 0.1, "kto_loss": None, "steps": 1}
+        )()
 
     fake_rm = type("RM", (), {"load": staticmethod(lambda *a: LengthReward())})
     result = type("R", (), {"held_out_accuracy": 0.9, "model_dir": tmp_path})()
-    gate = type("G", (), {"passed": False, "reasons": ["fake gate"], "metrics": {}})()
+    gate = type("G", (), {"passed": False, "reasons": ["fake gate"], "metrics": {}, "checks": []})()
     monkeypatch.setattr(r, "train_reward_model", lambda *a, **k: result)
     monkeypatch.setattr(r, "RewardModel", fake_rm)
     monkeypatch.setattr(r, "train_policy", fake_policy)

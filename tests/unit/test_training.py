@@ -285,12 +285,13 @@ def test_cut_off_answers_train_without_end_of_turn(base: Path, workdir: Path) ->
     assert tokenizer.convert_ids_to_tokens(tail)[0] == "<|im_end|>"
     rows = _kto_rows([label(0, True), label(0, True)], [0, 1], cut=frozenset())
     rows[1]["complete"] = False  # the same answer, once cut off
+    model = _load_policy(base, None)
     trainer = _prepared(KTOTrainer, {"completion_ids": "complete"}, config())(
-        model=_load_policy(base, None),
+        model=model,
         args=KTOConfig(**_common_args(config(), str(workdir / "cut"), 1e-4, 2)),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=_lora(config(), "CAUSAL_LM"),
+        peft_config=_lora(config(), "CAUSAL_LM", model),
     )
     finished, cut = trainer.train_dataset["completion_ids"]
     assert finished[-len(tail) :] == tail
@@ -329,12 +330,13 @@ def test_long_prompt_keeps_its_end(base: Path, workdir: Path) -> None:
     ] * 2  # fmt: skip
     cfg = config(max_length=64, max_prompt_length=32)
     ends = {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
+    model = _load_policy(base, None)
     trainer = _prepared(DPOTrainer, ends, cfg)(
-        model=_load_policy(base, None),
+        model=model,
         args=DPOConfig(**_common_args(cfg, str(workdir / "long"), 1e-4, 2)),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=_lora(cfg, "CAUSAL_LM"),
+        peft_config=_lora(cfg, "CAUSAL_LM", model),
     )
     head = trainer.train_dataset["prompt_ids"][0]
     assert len(head) == 32
