@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: install up test test-unit lint bench-serving bench-learning clean
+.PHONY: install up test test-unit lint bench-serving bench-learning bench-learning-matrix clean
 
 install: $(VENV)/.installed
 
@@ -39,8 +39,22 @@ test-unit: install
 bench-serving: install
 	$(PY) bench/serving_overhead.py $(ARGS)
 
+# One row of the learning benchmark (a family, a mode, a seed): ARGS="--family bold
+# --mode explicit --append", say. The defaults: summary, fused, seed 0, 2,000 feedback events.
 bench-learning: install
 	$(PY) bench/learning.py $(ARGS)
+
+# Every row the goals need, one run at a time, into the same bench/results/learning.*
+# (a row already there for the same family, mode and seed is replaced).
+LEARNING_FAMILIES ?= summary bold list
+LEARNING_MODES ?= fused explicit
+LEARNING_SEEDS ?= 0
+bench-learning-matrix: install
+	for seed in $(LEARNING_SEEDS); do for family in $(LEARNING_FAMILIES); do \
+	  for mode in $(LEARNING_MODES); do \
+	    $(PY) bench/learning.py --family $$family --mode $$mode --seed $$seed --append \
+	      $(ARGS) || exit 1; \
+	  done; done; done
 
 clean:
 	rm -rf $(VENV) var

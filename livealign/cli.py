@@ -165,7 +165,7 @@ def simulate(
         list[str] | None,
         typer.Option(
             help="Hidden preference share, FAMILY=SHARE (concise, list, warm, "
-            "avoid_phrase); repeatable. Default: concise=1."
+            "avoid_phrase, summary, bold); repeatable. Default: concise=1."
         ),
     ] = None,
     adversarial: Annotated[float, typer.Option(help="Share of adversarial users.")] = 0.1,

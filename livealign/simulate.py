@@ -220,10 +220,20 @@ async def answers(
         return list(await asyncio.gather(*(one(http, p) for p in prompts)))
 
 
-def win_rate(candidate: list[float], baseline: list[float], tie: float = 0.02) -> float:
-    """Share of prompts where the candidate's answer beats the baseline's (ties: half)."""
+def outcomes(
+    candidate: list[float], baseline: list[float], tie: float = 0.02
+) -> tuple[int, int, int]:
+    """(wins, ties, losses) of the candidate's answers against the baseline's, prompt by
+    prompt: a win is a score more than `tie` above the baseline's."""
     if len(candidate) != len(baseline) or not candidate:
         raise ValueError("win_rate needs two equally long, non-empty score lists")
-    pairs = zip(candidate, baseline, strict=True)
-    wins = sum(1.0 if c > b + tie else 0.5 if abs(c - b) <= tie else 0.0 for c, b in pairs)
-    return wins / len(candidate)
+    pairs = list(zip(candidate, baseline, strict=True))
+    wins = sum(c > b + tie for c, b in pairs)
+    ties = sum(abs(c - b) <= tie for c, b in pairs)
+    return wins, ties, len(pairs) - wins - ties
+
+
+def win_rate(candidate: list[float], baseline: list[float], tie: float = 0.02) -> float:
+    """Share of prompts where the candidate's answer beats the baseline's (ties: half)."""
+    wins, ties, _ = outcomes(candidate, baseline, tie)
+    return (wins + ties / 2) / len(candidate)

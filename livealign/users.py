@@ -7,7 +7,26 @@ into a utility in [0, 1]; how the user *perceives* an answer is that utility plu
 
 Feedback mirrors real products: explicit feedback is sparse (a few percent of answers),
 implicit feedback is dense and noisy. A configurable share of users is adversarial
-(random or inverted votes), to exercise the processor's cleaning.
+(random or inverted votes), to exercise the processor's cleaning. ``realistic()`` is the
+feedback mix the learning benchmark runs on.
+
+The families, what each user wants (``_taste``) and how they edit an answer they dislike
+(``rewrite``: always the model's own answer, moved toward the taste, its content kept):
+
+- ``concise``: short answers (a word count); edit: keep the first sentences.
+- ``list``: answers as a list of at least three items; edit: one item a sentence.
+- ``warm``: friendly wording; edit: a friendly opening and closing.
+- ``avoid_phrase``: never the phrase ``PopulationConfig.phrase``; edit: strike it.
+- ``summary``: the answer opens with a one-line summary ("In short: ..."); edit: the
+  first sentence becomes that line.
+- ``bold``: the key term of the question in **bold**; edit: bold its first mention.
+
+``summary`` and ``bold`` were added for the learning benchmark: SmolLM2-135M-Instruct
+almost never does either by itself (of its greedy 80-token answers to the 70 prompts the
+benchmark holds out, none opened with a summary; 2 bolded the question's key term and 6
+something else), neither rewards a shorter answer (so learning them is learning a
+preference, not learning to stop early), and both sit at the start of an answer or in
+its first sentence, where an answer cut off at 80 tokens still shows them.
 """
 
 from __future__ import annotations
@@ -16,16 +35,17 @@ import itertools
 import math
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from streaming.kinds import FeedbackKind
 
-Family = Literal["concise", "list", "warm", "avoid_phrase"]
+Family = Literal["concise", "list", "warm", "avoid_phrase", "summary", "bold"]
 Adversary = Literal["random", "inverted"]
-FAMILIES: tuple[Family, ...] = ("concise", "list", "warm", "avoid_phrase")
+FAMILIES: tuple[Family, ...] = ("concise", "list", "warm", "avoid_phrase", "summary", "bold")
 
 _WORD = re.compile(r"\S+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -83,6 +103,28 @@ def _only(family: Family) -> dict[Family, float]:
     return {family: 1.0}
 
 
+# The feedback mix of a chat product, which the learning benchmark runs on (the defaults
+# above are sparser, and are what `livealign simulate` sends): every answer is read (dwell
+# on each), a pleased user sometimes copies it, about one answer in eight gets a thumb or
+# a rating, a user edits a fifth of the answers they dislike into what they wanted, a
+# displeased one sometimes regenerates, and comments are rare. Adversaries as in the
+# defaults: 10% of the users, inverted votes on half the answers they see, no reading.
+REALISTIC: dict[str, float] = {
+    "dwell_rate": 1.0,
+    "copy_rate": 0.3,
+    "explicit_rate": 0.12,
+    "edit_rate": 0.2,
+    "regenerate_rate": 0.2,
+    "comment_rate": 0.01,
+}
+
+
+def realistic(families: Mapping[str, float], **overrides: Any) -> PopulationConfig:
+    """A population with `families` (name -> share) and the REALISTIC feedback mix; any
+    other PopulationConfig field (or a rate) in `overrides`."""
+    return PopulationConfig.model_validate({**REALISTIC, "families": dict(families), **overrides})
+
+
 def n_words(text: str) -> int:
     return len(_WORD.findall(text))
 
@@ -90,10 +132,10 @@ def n_words(text: str) -> int:
 def score(family: Family, text: str, config: PopulationConfig, prompt: str = "") -> float:
     """The hidden utility of `text` for a user of `family`, in [0, 1]: how well it suits
     the user's taste, times whether it is an answer at all (`quality`)."""
-    return _taste(family, text, config) * quality(text, prompt)
+    return _taste(family, text, config, prompt) * quality(text, prompt)
 
 
-def _taste(family: Family, text: str, config: PopulationConfig) -> float:
+def _taste(family: Family, text: str, config: PopulationConfig, prompt: str = "") -> float:
     if family == "concise":
         low, high = config.concise_words
         return _clamp((high - n_words(text)) / max(high - low, 1))
@@ -102,24 +144,56 @@ def _taste(family: Family, text: str, config: PopulationConfig) -> float:
     if family == "warm":
         lowered = text.lower()
         return min(1.0, 0.2 + 0.4 * sum(lowered.count(m) > 0 for m in _WARM))
+    if family == "summary":
+        # The gist first, where the eye lands: an opening "In short: ..." is what this
+        # user wants; a summary further down (a closing "In summary, ...") is worth a
+        # little; none, nothing.
+        if _SUMMARY_OPENING.match(text.strip()):
+            return 1.0
+        return 0.3 if _SUMMARY_ANYWHERE.search(text) else 0.0
+    if family == "bold":
+        # The question's key term in bold, to find the answer at a glance: a short bold
+        # span naming a topic word of the prompt. Bolding something else is half of it
+        # (SmolLM2 bolds list headings now and then: "1. **Preparation**: ...").
+        return _bold_taste(text, prompt)
     return 0.0 if _contains(text, config.phrase) else 1.0
+
+
+def _bold_taste(text: str, prompt: str) -> float:
+    spans = _BOLD.findall(text)
+    if not spans:
+        return 0.0
+    topics = _topics(prompt)
+    if not topics:
+        return 1.0
+    key = any(len(span.split()) <= 5 and _topics(span) & topics for span in spans)
+    return 1.0 if key else 0.5
 
 
 def quality(text: str, prompt: str = "") -> float:
     """Every user wants an answer: one that repeats itself ("1. 1. 1. 1.") is worth
     little, and one that never mentions what was asked about is worth less. Without this
     a taste such as `concise` would reward any short noise, and so would the benchmark."""
-    words = [w.strip(".,!?;:\"'()").lower() for w in text.split()]
+    # Markdown is not a word: "**basil**" mentions basil, "- Water it" is two words.
+    words = [w.strip(".,!?;:\"'()*-•#`").lower() for w in text.split()]
     words = [w for w in words if w]
     if not words:
         return 0.0
     bigrams = list(itertools.pairwise(words))
     distinct = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
     coherent = _clamp((distinct - 0.5) / 0.4)  # >= 90% distinct bigrams: 1; <= 50%: 0
-    topics = {w[:5] for w in re.findall(r"[a-z]{4,}", prompt.lower()) if w not in _COMMON}
+    topics = _topics(prompt)
     on_topic = not topics or any(w[:5] in topics for w in words)
     return coherent * (1.0 if on_topic else 0.4)
 
+
+def _topics(prompt: str) -> set[str]:
+    """What a prompt is about: the first five letters of each of its words of four or
+    more letters that are not common words (so "plants" and "plant" match)."""
+    return {w[:5] for w in _TOPIC_WORD.findall(prompt.lower()) if w not in _COMMON}
+
+
+_TOPIC_WORD = re.compile(r"[a-z]{4,}")
 
 # Words of a prompt that say nothing about its topic (for `quality`'s on-topic test).
 _COMMON = frozenset(
@@ -143,8 +217,9 @@ def judge(text: str, config: PopulationConfig, prompt: str = "") -> float:
     return taste * quality(text, prompt)
 
 
-def rewrite(family: Family, text: str, config: PopulationConfig) -> str:
-    """What a user of `family` edits the answer into: their own better version."""
+def rewrite(family: Family, text: str, config: PopulationConfig, prompt: str = "") -> str:
+    """What a user of `family` edits the answer into: their own better version of it
+    (the model's answer, its content kept, moved toward the taste)."""
     sentences = [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
     if family == "concise":
         kept: list[str] = []
@@ -158,11 +233,105 @@ def rewrite(family: Family, text: str, config: PopulationConfig) -> str:
             short = " ".join(words[: config.concise_words[0]]).rstrip(",;:") + "."
         return short
     if family == "list":
-        return "\n".join(f"- {s}" for s in sentences[:5]) or f"- {text.strip()}"
+        return _listed(text)
     if family == "warm":
         return f"Happy to help! {text.strip()} Hope this helps!"
+    if family == "summary":
+        return _summarized(text)
+    if family == "bold":
+        return _bolded(text, prompt)
     cleaned = re.sub(rf"\b{re.escape(config.phrase)}\b[,!.]?\s*", "", text, flags=re.IGNORECASE)
     return re.sub(r"\s{2,}", " ", cleaned).strip() or "OK."
+
+
+def _listed(text: str) -> str:
+    """One list item a sentence. Lines that are list items already stay as they are, a
+    sentence ending in ':' stays as the lead-in of the list after it, code stays code."""
+    out: list[str] = []
+    in_code = False
+    for line in text.strip().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_code = not in_code
+            out.append(line.rstrip())
+        elif in_code:
+            out.append(line.rstrip())
+        elif not stripped:
+            continue
+        elif _LIST_ITEM.match(line):
+            out.append(stripped)
+        else:
+            sentences = _sentences(stripped)
+            lead_in = sentences.pop() if sentences[-1].endswith(":") else None
+            out += [f"- {s}" for s in sentences]
+            out += [lead_in] if lead_in else []
+    return "\n".join(out)
+
+
+def _summarized(text: str) -> str:
+    """The answer's first sentence becomes its one-line summary, "In short: ...", and the
+    rest follows (nothing added, nothing repeated: a user moves the gist up front)."""
+    body = text.strip()
+    if not body or _SUMMARY_OPENING.match(body):
+        return body
+    first_line, _, other_lines = body.partition("\n")
+    if first_line.strip().startswith("```"):  # the answer opens with code
+        return f"In short: the code below.\n\n{body}"
+    first, *rest = _sentences(first_line.strip())
+    summarized = f"In short: {_LIST_MARK.sub('', first, count=1)}"
+    if rest:
+        summarized += "\n\n" + " ".join(rest)
+    return summarized + (f"\n{other_lines}" if other_lines.strip() else "")
+
+
+def _bolded(text: str, prompt: str) -> str:
+    """The first mention of the prompt's topic (outside code and bold) in **bold**, with
+    the topic words right after it ("**monthly budget**"); where the answer never names
+    the topic, its first long word (half the taste, but closer)."""
+    if _bold_taste(text, prompt) == 1.0:
+        return text
+    topics = _topics(prompt)
+    protected = [m.span() for m in _PROTECTED.finditer(text)]
+    tokens = [
+        m for m in _WORD_TOKEN.finditer(text) if not any(a <= m.start() < b for a, b in protected)
+    ]
+
+    def topical(m: re.Match[str]) -> bool:
+        word = m.group().lower()
+        return len(word) >= 4 and word[:5] in topics
+
+    for i, m in enumerate(tokens):
+        if topical(m):
+            end = m.end()
+            for after in tokens[i + 1 : i + 4]:  # a term of up to four words
+                if not topical(after) or text[end : after.start()] != " ":
+                    break
+                end = after.end()
+            return f"{text[: m.start()]}**{text[m.start() : end]}**{text[end:]}"
+    for m in tokens:
+        if len(m.group()) >= 6 and m.group().lower() not in _COMMON:
+            return f"{text[: m.start()]}**{m.group()}**{text[m.end() :]}"
+    return text
+
+
+def _sentences(line: str) -> list[str]:
+    """The sentences of one line: split after . ! ? (not after a digit, so that "1." and
+    "3.5" stay where they are)."""
+    return [s.strip() for s in _SENTENCE_END.split(line) if s.strip()] or [line]
+
+
+_SENTENCE_END = re.compile(r"(?<=[^\s\d][.!?])\s+")
+_LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_BOLD = re.compile(r"\*\*([^*\n]+?)\*\*")
+_WORD_TOKEN = re.compile(r"[A-Za-z](?:[A-Za-z'-]*[A-Za-z])?")
+# Code (fenced, possibly cut off before its closing fence; inline) and bold spans.
+_PROTECTED = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\*\*[^*\n]+?\*\*", re.DOTALL)
+_SUMMARY_MARKERS = (
+    r"in short|in brief|in summary|in a nutshell|to sum up|tl;?dr|short answer"
+    r"|(?:the )?bottom line|summary(?=:)"
+)
+_SUMMARY_OPENING = re.compile(rf"^\W*(?:{_SUMMARY_MARKERS})(?![a-z])", re.IGNORECASE)
+_SUMMARY_ANYWHERE = re.compile(rf"\b(?:{_SUMMARY_MARKERS})(?![a-z])", re.IGNORECASE)
 
 
 _COMMENTS: dict[Family, tuple[str, str]] = {
@@ -170,6 +339,8 @@ _COMMENTS: dict[Family, tuple[str, str]] = {
     "list": ("Nice clear list, thanks!", "Hard to read, a bad wall of text."),
     "warm": ("Friendly and helpful, I love it!", "Cold and curt, not nice."),
     "avoid_phrase": ("Good answer, thanks!", "Annoying phrasing, I hate it."),
+    "summary": ("Great, the gist up front, really helpful!", "Bad, I hate digging for the point."),
+    "bold": ("Nice, easy to skim, the key term stands out!", "Hard to skim, not helpful."),
 }
 
 
@@ -206,7 +377,7 @@ class SimUser:
         if rng.random() < config.explicit_rate:
             actions.append(_vote(pleased, config, rng))
         if pleased < 0.5 and rng.random() < config.edit_rate:
-            edited = rewrite(self.family, text, config)
+            edited = rewrite(self.family, text, config, prompt)
             if edited.strip() != text.strip():
                 actions.append(Action(FeedbackKind.edit, edited))
         if rng.random() < config.comment_rate:

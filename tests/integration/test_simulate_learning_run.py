@@ -47,7 +47,7 @@ def test_short_learning_run_completes_a_round_and_reports_a_number(
     try:
         points = run_rounds(
             stack, "fused", Simulator(config), lambda: asdict(trainer.run_round()),
-            held_out[:6], base, rounds=1, chats=24,
+            held_out[:6], base, chats=24, budget=1,  # one round: any feedback spends it
         )  # fmt: skip
     finally:  # later tests expect the base model served
         Registry(stack.settings.registry_dir).set_state(stable=None, action="rollback")

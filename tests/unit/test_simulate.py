@@ -15,7 +15,15 @@ import pytest
 
 from livealign.prompts import load_prompts, split
 from livealign.simulate import SimulationConfig, Simulator, win_rate
-from livealign.users import PopulationConfig, SimUser, judge, make_users, rewrite, score
+from livealign.users import (
+    FAMILIES,
+    PopulationConfig,
+    SimUser,
+    judge,
+    make_users,
+    rewrite,
+    score,
+)
 
 LONG = " ".join(["This answer keeps going with many more words than anyone needs."] * 8)
 SHORT = "Keep it in a glass of water."
@@ -46,7 +54,7 @@ def test_families_score_what_they_say_and_edits_move_toward_them() -> None:
     assert score("avoid_phrase", "Sure, here it is.", config) == 0.0
     assert score("avoid_phrase", "Measure twice.", config) == 1.0  # a word, not a substring
     assert score("warm", "Happy to help! Enjoy.", config) > score("warm", SHORT, config)
-    for family in ("concise", "list", "warm", "avoid_phrase"):
+    for family in FAMILIES:  # (the benchmark's families on real answers: test_families.py)
         text = PASTA
         assert score(family, rewrite(family, text, config), config) > score(family, text, config)
 
