@@ -14,8 +14,10 @@ time), no randomness. The processor owns one ``Fuser`` and drives it:
    scenario's prior share (``scenario``: explicit counts more in safety-sensitive
    conversations, less in open-domain ones).
 4. ``Fuser.calibrate`` learns, from responses with settled signals, how well each implicit
-   signal predicts the explicit label (its weight, ``calibration``) and how much each
-   rater agrees with everybody else (their trust, ``raters``).
+   signal predicts the response's outcome as the rest of its evidence gives it (votes,
+   edits, and regenerate clicks if configured; never the signal itself: ``outcomes``) as
+   its weight (``calibration``), and how much each rater agrees with everybody else
+   (their trust, ``raters``).
 
 All learned state round-trips through ``state_dict`` / ``load_state_dict`` as plain JSON.
 ``config`` holds ``FusionConfig``; ``stats`` the running statistics the parts share.

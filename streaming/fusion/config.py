@@ -46,6 +46,17 @@ def _default_weights(explicit: bool) -> dict[str, float]:
     return {name: spec.weight for name, spec in signals(explicit).items()}
 
 
+# How much each signal counts in the calibration target of the others (``outcomes``): votes
+# and edits as in fusion; the implicit signals nothing by default. A regenerate click can
+# be an outcome too (-1), but in the simulated population (bench/calibration.py: users
+# regenerate with 0.3 x displeasure) it is a weaker outcome than dwell is a predictor, so
+# as a target it lowered the informative signals' weights and the labels they make.
+# Copy, link, share and dwell are what calibration measures: as targets they would teach
+# each other their own noise.
+def _default_outcome_weights() -> dict[str, float]:
+    return {**_default_weights(explicit=True), **dict.fromkeys(signals(explicit=False), 0.0)}
+
+
 def _default_click_values() -> dict[str, float]:
     return {name: float(t.value or 0.0) for name, t in FeedbackKind.click.spec.targets.items()}
 
@@ -72,9 +83,10 @@ class FusionConfig(BaseModel):
     rater_rate_limit_per_min, rater_prior_n, rater_memory, rater_prior_agreement,
     rater_agreement_prior_n, extreme_rater_floor, consensus_min_evidence, max_raters
 
-    > Calibration of implicit signals against explicit labels
+    > Calibration of implicit signals against the other evidence (votes, edits, regenerates)
 
-    calibration_label_saturation, calibration_lr, calibration_prior_n, calibration_lcb_z
+    calibration_outcome_weights, calibration_label_saturation, calibration_lr,
+    calibration_prior_n, calibration_lcb_z
     """
 
     model_config = ConfigDict(extra="forbid")  # a misspelled knob is an error, not a no-op
@@ -204,11 +216,20 @@ class FusionConfig(BaseModel):
     )
 
     # --- calibration of implicit signals -----------------------------------------------------
+    calibration_outcome_weights: dict[str, float] = Field(
+        default_factory=_default_outcome_weights,
+        description="Weight of each signal (times its strength and its rater's trust) in the "
+        "outcome implicit signals are calibrated against: thumb 1, rating 1, edit 0.8, comment "
+        "0.6 (as in fusion), every implicit signal 0. Every signal needs one, each in [0, 1]; "
+        "a signal is never part of its own target (leave-one-out). Regenerate 0.5 makes a "
+        "regenerate click (-1) an outcome too: more responses teach, but in the simulated "
+        "population (bench/calibration.py) it lowered dwell's and copy's weights.",
+    )
     calibration_label_saturation: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Explicit label magnitude that counts as a full like/dislike when calibrating "
+        description="Outcome magnitude that counts as a full like/dislike when calibrating "
         "implicit signals (the question is whether the user liked the answer, and rater "
         "normalization rarely leaves a label at exactly ±1).",
     )
@@ -217,12 +238,13 @@ class FusionConfig(BaseModel):
         gt=0,
         le=1,
         description="Online learning rate of implicit-signal calibration: the floor of the "
-        "running averages' update rate, so about 1/lr recent labeled responses count.",
+        "running averages' update rate, so about 1/lr recent responses with a target count.",
     )
     calibration_prior_n: float = Field(
         20.0,
         ge=0,
-        description="Pseudo-count of labeled responses pulling a signal's weight toward its prior.",
+        description="Pseudo-count of responses with a target pulling a signal's weight toward "
+        "its prior.",
     )
     calibration_lcb_z: float = Field(
         1.0,
@@ -249,6 +271,7 @@ class FusionConfig(BaseModel):
             "explicit_weights": signals(explicit=True),
             "implicit_prior_weights": signals(explicit=False),
             "click_values": FeedbackKind.click.spec.targets,
+            "calibration_outcome_weights": {**signals(explicit=True), **signals(explicit=False)},
         }
         for field, names in expected.items():
             given = getattr(self, field)
@@ -256,4 +279,7 @@ class FusionConfig(BaseModel):
                 raise ValueError(f"{field} lacks {missing}: every signal needs a value")
             if unknown := sorted(set(given) - set(names)):
                 raise ValueError(f"{field}: unknown signals {unknown} (known: {sorted(names)})")
+        for name, weight in self.calibration_outcome_weights.items():
+            if not 0.0 <= weight <= 1.0:
+                raise ValueError(f"calibration_outcome_weights[{name!r}] must be in [0, 1]")
         return self

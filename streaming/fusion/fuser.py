@@ -136,23 +136,22 @@ class Fuser:
     def calibrate(self, signals: list[Signal]) -> None:
         """Learn from one response's settled signals (the normalized ones ``observe``
         returned). Call it ONCE per response, e.g. when its label is emitted: a second call
-        with the same signals counts the response twice. Responses without explicit
+        with the same signals counts the response twice. Responses without outcome
         evidence teach nothing and are skipped, so it is safe to call for every response.
 
-        1. Implicit calibration: the explicit label y (weighted mean of explicit values,
-           saturating at ``calibration_label_saturation``) is compared with each implicit
-           signal present (x); the signal's weight becomes its measured predictiveness of y
-           (see ``SignalCalibration.weight``): a predictive signal gains weight, one that
-           predicts nothing (or the opposite) drifts to 0.
+        1. Implicit calibration: each implicit signal present (x) is compared with the
+           response's outcome y as the rest of its evidence gives it (votes and edits, and
+           regenerate clicks if configured: ``calibration_outcome_weights``; never the
+           signal itself; see ``outcomes.outcome``); the signal's weight becomes its
+           measured predictiveness of y (see ``SignalCalibration.weight``): a predictive
+           signal gains weight, one that predicts nothing (or the opposite) drifts to 0.
         2. Rater consensus: each rater's explicit value is compared with the weighted mean
            of everything else on the response; raters who keep disagreeing lose trust.
         """
+        self.calibrator.learn(signals, self.raters.weight)
         explicit, implicit = self._accumulate(signals)
-        if explicit.weight <= EPS:
-            return
-        label = clamp(explicit.total / explicit.weight / self.config.calibration_label_saturation)
-        self.calibrator.learn(label, signals)
-        self.raters.update_consensus(signals, explicit, implicit, self._explicit_w)
+        if explicit.weight > EPS:
+            self.raters.update_consensus(signals, explicit, implicit, self._explicit_w)
 
     def weights(self) -> dict[str, dict[str, float]]:
         """Effective weights {scenario: {signal: weight}}: explicit ones times the scenario's
@@ -195,4 +194,4 @@ class Fuser:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported fusion state version {state.get('version')!r}")
         self.raters.load(state["raters"])
-        self.calibrator.load(state["calibration"], state["label"])
+        self.calibrator.load(state)

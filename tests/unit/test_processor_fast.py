@@ -294,6 +294,40 @@ def test_siblings_labelled_together_make_one_pair(good_first: bool, tmp_path: Pa
     assert pair.adapter == "v1"
 
 
+@pytest.mark.parametrize("regenerate", [0.0, 0.5])
+def test_a_settling_response_calibrates_against_its_outcome(
+    regenerate: float, tmp_path: Path
+) -> None:
+    """An unvoted answer that was regenerated: when its window closes, dwell learns from
+    it if the regenerate click is an outcome (never the click itself), else nothing does."""
+    event = InteractionEvent(
+        response_id="r", conversation_id="c", user_hash="u", model="m", adapter="base",
+        arm="stable", messages=[ChatMessage(role="user", content="A question?")],
+        completion="An answer.", prompt_tokens=3, completion_tokens=2, ttft_ms=1,
+        latency_ms=2, created_ms=1_000,
+    )  # fmt: skip
+    feedback = [
+        FeedbackEvent(
+            event_id=f"r-{i}", response_id="r", conversation_id="c", user_hash="u",
+            kind=kind, value=value, received_ms=2_000 + i,
+        )
+        for i, (kind, value) in enumerate(
+            [(FeedbackKind.click, "regenerate"), (FeedbackKind.dwell, 1_500)]
+        )
+    ]  # fmt: skip
+    weights = {**FusionConfig().calibration_outcome_weights, "regenerate": regenerate}
+    fusion = FusionConfig(calibration_outcome_weights=weights)
+    processor = Processor(config(tmp_path, "outcome").model_copy(update={"fusion": fusion}))
+    processor.process(
+        [Rec(TOPIC_INTERACTIONS, event.model_dump_json().encode())]
+        + [Rec(TOPIC_FEEDBACK, e.model_dump_json().encode()) for e in feedback]
+    )
+    assert processor.fuser.state_dict()["calibration"] == {}  # not settled yet
+    processor.housekeeping(now=LATER)
+    learned = processor.store.load_fuser()["calibration"]  # type: ignore[index]
+    assert set(learned) == ({"dwell"} if regenerate else set())
+
+
 def test_prompt_hash_unchanged() -> None:
     cases = [
         [ChatMessage(role="user", content='Hi "there"\n\\ é 中 😀 \t\x01')],
