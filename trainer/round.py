@@ -32,7 +32,7 @@ from trainer import memory
 from trainer.config import TrainerConfig
 from trainer.gate import evaluate
 from trainer.registry import DataWindow, Registry
-from trainer.teacher import Lesson, Sampler, TeacherReport, teach
+from trainer.teacher import Lesson, Sampler, TeacherReport, cut_ids, teach
 from trainer.train import RewardModel, train_policy, train_reward_model
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Trainer:
             lesson = Lesson(
                 stable or BASE_ADAPTER, train_pairs, [*held_pairs, *held_labels],
                 partial(_held_out, fraction=frac), report.metrics.get("reward_accuracy"),
-                cfg.min_reward_accuracy,
+                cfg.min_reward_accuracy, keep_cut=cfg.train.cut_aware,
             )  # fmt: skip
             taught, report.teacher = teach(cfg.teacher, self.sampler, reward, self.store, lesson)
             if report.teacher.seconds:  # it sampled (a refusal takes no time worth a stage)
@@ -150,7 +150,7 @@ class Trainer:
             policy = train_policy(
                 cfg.base_model, parent_dir, train_pairs + taught, train_labels, work / "candidate",
                 cfg.train, progress=_progress("policy"),
-                cut=self.cut_off(train_pairs, train_labels),
+                cut=self.cut_off(train_pairs, train_labels) | cut_ids(taught),
             )  # fmt: skip
             report.seconds["policy"] = time.perf_counter() - t
             report.metrics["policy_steps"] = float(policy.steps)

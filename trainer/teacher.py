@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # Interactions read per prompt wanted: traffic repeats prompts, and some are held out.
 SCAN_FACTOR = 8
 PAIR_PREFIX = "teacher-"
+CUT_SUFFIX = ":cut"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class Candidate:
     chosen: str
     rejected: str
     margin: float
+    chosen_cut: bool = False  # stopped by max_tokens, not by the model
+    rejected_cut: bool = False
 
 
 # --- pure decisions ----------------------------------------------------------------------
@@ -137,23 +140,39 @@ def choose_prompts(
     return list(chosen.values())
 
 
-def usable(samples: Sequence[Sample]) -> list[str]:
-    """Distinct answers that ended on their own: a cut-off answer, made a pair, would have
-    its turn closed where it stops and teach the policy to stop mid-sentence."""
-    return list(
-        dict.fromkeys(s.text for s in samples if s.finish_reason == "stop" and s.text.strip())
-    )
+def usable(samples: Sequence[Sample], keep_cut: bool) -> list[Sample]:
+    """Distinct, non-empty answers; those cut off by `max_tokens` only with `keep_cut`
+    (training that reopens cut answers): closed where it stops, a cut-off answer would
+    teach the policy to stop mid-sentence. Most samples of a small model are cut off,
+    so without them the teacher has nearly nothing to compare."""
+    seen: dict[str, Sample] = {}
+    for s in samples:
+        if s.text.strip() and (
+            s.finish_reason == "stop" or (keep_cut and s.finish_reason == "length")
+        ):
+            seen.setdefault(s.text, s)
+    return list(seen.values())
+
+
+def cut_ids(pairs: Sequence[PreferencePair]) -> frozenset[str]:
+    """The response ids of teacher answers that were cut off (see ``as_pair``): the
+    trainer reopens them as it does the users' cut-off answers."""
+    ids = (rid for p in pairs for rid in (p.chosen_response_id, p.rejected_response_id))
+    return frozenset(rid for rid in ids if rid is not None and rid.endswith(CUT_SUFFIX))
 
 
 def best_vs_worst(
-    prompt: list[ChatMessage], answers: Sequence[str], scores: Sequence[float]
+    prompt: list[ChatMessage], answers: Sequence[Sample], scores: Sequence[float]
 ) -> Candidate | None:
     """The best and worst scored answer of a prompt; None with fewer than two answers."""
     if len(answers) < 2:
         return None
     ranked = sorted(zip(scores, answers, strict=True), key=lambda x: x[0])
     (low, worst), (high, best) = ranked[0], ranked[-1]
-    return Candidate(prompt, best, worst, high - low)
+    return Candidate(
+        prompt, best.text, worst.text, high - low,
+        chosen_cut=best.finish_reason == "length", rejected_cut=worst.finish_reason == "length",
+    )  # fmt: skip
 
 
 def cap(candidates: Sequence[Candidate], most: int) -> list[Candidate]:
@@ -172,9 +191,12 @@ def as_pair(c: Candidate, weight: float, adapter: str) -> PreferencePair:
         "\x1f".join((adapter, prompt_key(c.prompt), c.chosen, c.rejected)).encode()
     ).hexdigest()[:32]
     pair_id = PAIR_PREFIX + digest
+    # The answers have no interaction; their ids are the pair's, marked when cut off.
+    chosen_id = f"{pair_id}:chosen" + (CUT_SUFFIX if c.chosen_cut else "")
+    rejected_id = f"{pair_id}:rejected" + (CUT_SUFFIX if c.rejected_cut else "")
     return PreferencePair(
         pair_id=pair_id, prompt=c.prompt, chosen=c.chosen, rejected=c.rejected, weight=weight,
-        provenance="teacher", chosen_response_id=None, rejected_response_id=pair_id,
+        provenance="teacher", chosen_response_id=chosen_id, rejected_response_id=rejected_id,
         adapter=adapter,
     )  # fmt: skip
 
@@ -212,6 +234,7 @@ class Lesson:
     held_out: Callable[[str], bool]  # the split, by response id
     accuracy: float | None  # the reward model's held-out accuracy
     min_accuracy: float  # what it must reach to teach
+    keep_cut: bool = False  # training reopens cut-off answers: they may make pairs
 
 
 def teach(
@@ -259,7 +282,7 @@ def _teach(
         lesson.adapter, prompts, config.k, config.max_tokens, config.temperature, config.timeout_s
     )
     report.samples = sum(len(s) for s in samples)
-    candidates = _score(reward, prompts, samples)
+    candidates = _score(reward, prompts, samples, lesson.keep_cut)
     clear = [c for c in candidates if c.margin >= config.min_margin]
     kept = cap(clear, most)
     report.below_margin, report.capped = len(candidates) - len(clear), len(clear) - len(kept)
@@ -283,12 +306,15 @@ def _prompts(store: PromptSource, lesson: Lesson, n: int) -> list[list[ChatMessa
 
 
 def _score(
-    reward: Scorer, prompts: Sequence[list[ChatMessage]], samples: Sequence[Sequence[Sample]]
+    reward: Scorer,
+    prompts: Sequence[list[ChatMessage]],
+    samples: Sequence[Sequence[Sample]],
+    keep_cut: bool,
 ) -> list[Candidate]:
     """Each prompt's best-vs-worst candidate, all answers scored in one call (batched)."""
-    answers = [usable(s) for s in samples]
+    answers = [usable(s, keep_cut) for s in samples]
     flat_prompts = [p for p, a in zip(prompts, answers, strict=True) for _ in a]
-    flat = [x for a in answers for x in a]
+    flat = [x.text for a in answers for x in a]
     scores = iter(reward.score(flat_prompts, flat) if flat else [])
     out = []
     for prompt, these in zip(prompts, answers, strict=True):

@@ -19,7 +19,7 @@ from streaming.processor import prompt_hash
 from streaming.store import PreferenceStore
 from trainer.config import TeacherConfig
 from trainer.round import RoundReport, _held_out
-from trainer.teacher import Lesson, Sample, TeacherReport, choose_prompts, teach
+from trainer.teacher import Lesson, Sample, TeacherReport, choose_prompts, cut_ids, teach
 
 
 def prompt(i: int) -> list[ChatMessage]:
@@ -133,6 +133,19 @@ def test_cut_off_empty_and_repeated_answers_never_pair() -> None:
     config = CONFIG.model_copy(update={"k": 4, "min_margin": 0.0})
     pairs, report = teach(config, sampler, LengthReward(), traffic(1), lesson())
     assert pairs == [] and report.samples == 4  # one distinct finished answer: nothing to rank
+
+
+def test_cut_off_answers_pair_when_training_reopens_them() -> None:
+    """With cut-aware training a cut-off sample may make a pair, marked so that it is
+    trained without an end of turn; a finished one is not marked."""
+    cut = Sample("a very long answer that was cut off", "length")
+    sampler = FakeSampler([cut, Sample("  ", "stop"), "same", "same"])
+    config = CONFIG.model_copy(update={"k": 4, "min_margin": 0.0})
+    keeping = lesson().__class__(**{**lesson().__dict__, "keep_cut": True})
+    pairs, _ = teach(config, sampler, LengthReward(), traffic(1), keeping)
+    assert [(p.chosen, p.rejected) for p in pairs] == [(cut.text, "same")]
+    assert cut_ids(pairs) == {pairs[0].chosen_response_id}
+    assert pairs[0].rejected_response_id not in cut_ids(pairs)
 
 
 def test_held_out_prompts_are_never_sampled() -> None:
