@@ -59,11 +59,11 @@ class TrainConfig(BaseModel):
         "loss; it keeps answers fluent. 0 gives plain DPO.",
     )
     kto_lr: float = Field(
-        5e-4,
+        1e-4,
         ge=0,
-        description="KTO learning rate. At 1e-3 KTO made SmolLM2 repeat itself within two "
-        "rounds; 5e-4 learned a preference from ~60 labels in one round and kept the gate's "
-        "fluency guard.",
+        description="KTO learning rate; lower than DPO's because KTO has no SFT term to anchor "
+        "it. At 5e-4, on 212 undesirable and 20 desirable labels of 80-token answers, the "
+        "candidate's greedy answers repeated 82% of their word 3-grams (the base: 4%).",
     )
     kto_beta: float = Field(
         0.1, gt=0, description="KTO beta: strength of the pull to the reference."
@@ -72,14 +72,17 @@ class TrainConfig(BaseModel):
         None,
         gt=0,
         description="Passes over the (weight-resampled) data, per stage. None: chosen from the "
-        "round's size (trainer.schedule): as many passes as give `target_steps` optimizer "
-        "steps, between 1 and `max_epochs`.",
+        "round's size (trainer.schedule): `target_steps` optimizer steps, at most "
+        "`max_epochs` passes; a large round is subsampled by weight rather than trained "
+        "longer, so that a round's time stays bounded.",
     )
     target_steps: int = Field(
-        32,
+        24,
         ge=1,
-        description="With `epochs` None, optimizer steps a stage aims for: a round of 80 "
-        "pairs gets 3 passes at batch 8, one of 400 pairs a single pass.",
+        description="With `epochs` None, optimizer steps a stage takes: a round of 64 pairs "
+        "gets 3 passes at batch 8, one of 400 pairs half a pass (its heavier records "
+        "first). On SmolLM2-135M with 80-token answers a DPO step at batch 8 takes ~16 s "
+        "on two CPU cores.",
     )
     max_epochs: float = Field(
         3.0,

@@ -3,10 +3,11 @@
 A round sees whatever the users gave since the last version: a dozen records one time,
 hundreds the next. A fixed "one pass at batch 8" is ten optimizer steps on 80 pairs and
 one step on 8, too little to move a LoRA at a learning rate that is safe on a large
-round. So the number of passes is chosen to give each stage about ``target_steps``
-optimizer steps, between one pass (a large round needs no repeats) and ``max_epochs``
-(a small one must not be memorised), and the batch shrinks on small rounds so that a
-pass is several steps, not one.
+round, and an hour of steps on 3,000 labels. So each stage takes ``target_steps``
+optimizer steps: several passes over a small round (at most ``max_epochs``: it must not
+be memorised), part of a pass over a large one (weighted resampling draws the heavier
+records first), and the batch shrinks on small rounds so that a pass is several steps,
+not one. A round's time stays bounded whatever arrived.
 
 Pure arithmetic, no torch: the trainer and its tests call it alike.
 """
@@ -39,8 +40,8 @@ def plan(n_records: int, config: TrainConfig, min_batch: int = 1) -> Schedule:
     """The schedule of one stage over `n_records` (> 0) records.
 
     `min_batch`: KTO needs at least 2 answers a batch for its KL estimate.
-    `max_steps` fixes the step count and `epochs` the passes, when set; otherwise passes
-    come from `target_steps`, clamped to [1, max_epochs].
+    `max_steps` fixes the step count and `epochs` the passes, when set; otherwise
+    `target_steps` steps, at most `max_epochs` passes.
     """
     if n_records <= 0:
         raise ValueError("a stage needs at least one record")
@@ -51,8 +52,7 @@ def plan(n_records: int, config: TrainConfig, min_batch: int = 1) -> Schedule:
     else:
         passes = config.epochs
         if passes is None:
-            wanted = config.target_steps * per_step / n_records
-            passes = min(max(wanted, 1.0), config.max_epochs)
+            passes = min(config.target_steps * per_step / n_records, config.max_epochs)
         steps = max(1, math.ceil(n_records * passes / per_step))
     samples = steps * per_step
     return Schedule(batch=batch, passes=samples / n_records, steps=steps, samples=samples)

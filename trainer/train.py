@@ -524,6 +524,8 @@ def _run_kto(
         # The KL estimate pairs each answer with a neighbour's prompt inside a fixed batch;
         # the rows are already shuffled by the resampler.
         train_sampling_strategy="sequential",
+        precompute_ref_log_probs=config.precompute_ref,
+        precompute_ref_batch_size=4 * micro,
     )
     trainer = _prepared(KTOTrainer, {"completion_ids": "complete"}, config)(
         model=model,

@@ -10,18 +10,20 @@ from trainer.schedule import plan
 
 def test_small_round_gets_more_passes_and_smaller_batches() -> None:
     cfg = TrainConfig()
-    small, medium, large = plan(12, cfg), plan(80, cfg), plan(800, cfg)
+    small, medium, large = plan(12, cfg), plan(64, cfg), plan(800, cfg)
     assert small.batch == 3 and small.passes == pytest.approx(3.0)  # capped at max_epochs
-    assert medium.batch == 8 and medium.steps == 30 and medium.passes == pytest.approx(3.0)
-    assert large.passes == pytest.approx(1.0) and large.steps == 100  # one pass is plenty
+    assert medium.batch == 8 and medium.steps == 24 and medium.passes == pytest.approx(3.0)
+    # A large round is subsampled, not trained longer: its time stays bounded.
+    assert large.steps == cfg.target_steps and large.passes == pytest.approx(24 * 8 / 800)
     for s in (small, medium, large):
         assert s.samples == s.steps * s.batch
 
 
-def test_target_steps_between_one_and_max_epochs() -> None:
+def test_target_steps_up_to_max_epochs() -> None:
     cfg = TrainConfig(target_steps=32, max_epochs=3.0)
     s = plan(160, cfg)  # 20 steps a pass: 32 steps is 1.6 passes
     assert s.steps == 32 and s.passes == pytest.approx(1.6)
+    assert plan(40, cfg).steps == 15  # 3 passes of 5 steps: the cap, not 32
 
 
 def test_fixed_epochs_and_max_steps_win() -> None:

@@ -298,7 +298,7 @@ def test_cut_off_answers_train_without_end_of_turn(base: Path, workdir: Path) ->
     assert cut == finished[: -len(tail)]
 
 
-def test_precomputed_reference_gives_the_same_loss(base: Path, workdir: Path) -> None:
+def test_precomputed_reference_gives_the_same_losses(base: Path, workdir: Path) -> None:
     """Reference log-probs computed once per distinct record (rows repeat: weights, passes)
     train exactly as TRL's per-step reference forward does."""
     pairs = [pair(i, weight=2.0 if i % 2 else 1.0) for i in range(4)]
@@ -310,6 +310,14 @@ def test_precomputed_reference_gives_the_same_loss(base: Path, workdir: Path) ->
         for on in (True, False)
     ]  # fmt: skip
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    kto = [
+        train_policy(
+            base, None, [], [label(i, i % 2 == 0) for i in range(4)], workdir / f"kref-{on}",
+            config(max_steps=2, kto_lr=1e-3, precompute_ref=on),
+        ).kto_loss
+        for on in (True, False)
+    ]  # fmt: skip
+    assert kto[0] == pytest.approx(kto[1], rel=1e-4)
 
 
 def test_long_prompt_keeps_its_end(base: Path, workdir: Path) -> None:
