@@ -86,6 +86,7 @@ from livealign.users import FAMILIES, PopulationConfig, judge, n_words, realisti
 from streaming import store as s
 from streaming.broker import free_port
 from streaming.store import PreferenceStore
+from trainer.gate_checks import repetition, wilson_interval
 from trainer.registry import Registry
 
 log = logging.getLogger("learning")
@@ -112,30 +113,6 @@ SLIVER = 0.05
 
 
 # ---- the pure parts -----------------------------------------------------------------------
-
-
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion `successes` / `n` (95% at z = 1.96);
-    `successes` may be fractional (a tie counted as half a win)."""
-    if n <= 0:
-        raise ValueError("wilson: n must be positive")
-    p = min(1.0, max(0.0, successes / n))
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-_REPETITION_STRIP = ".,!?;:\"'()*-•#`"
-
-
-def repetition(text: str, n: int = 3) -> float:
-    """Share of the answer's word n-grams that repeat an earlier one of the same answer:
-    0 for an answer that never repeats itself, near 1 for "1. 1. 1. 1. ..."."""
-    words = [w.strip(_REPETITION_STRIP).lower() for w in text.split()]
-    words = [w for w in words if w]
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def next_chats(budget: int, accepted: int, chats_done: int, chats: int) -> int:
@@ -439,7 +416,7 @@ def judged_row(base_row: Row, now: Judged, base: Judged) -> Row:
     """A row's judged fields: `now` against `base`."""
     wins, ties, losses = outcomes(now.scores, base.scores)
     n = len(now.scores)
-    low, high = wilson(wins + ties / 2, n)
+    low, high = wilson_interval(wins + ties / 2, n, 0.95)
     return dataclasses.replace(
         base_row, version=now.adapter, prompts=n, wins=wins, ties=ties, losses=losses,
         win_rate=(wins + ties / 2) / n, win_rate_low=low, win_rate_high=high,

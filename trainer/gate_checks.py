@@ -168,10 +168,11 @@ def judge_both_orders(
 # ---- the win-rate check ----------------------------------------------------------------------
 
 
-def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int, confidence: float) -> tuple[float, float]:
     """Two-sided Wilson score interval of a binomial proportion. Unlike the normal
     approximation it stays inside [0, 1] and is not zero-width at 0/n or n/n, which matters
-    at the gate's 10-30 verdicts. n = 0 says nothing: [0, 1]."""
+    at the gate's 10-30 verdicts. n = 0 says nothing: [0, 1]. `successes` may be
+    fractional (the learning bench counts a tie as half a win)."""
     if not 0 <= successes <= n:
         raise ValueError(f"{successes} successes out of {n}")
     if n == 0:

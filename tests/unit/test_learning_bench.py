@@ -26,12 +26,12 @@ from bench.learning import (
     parse_modes,
     repetition,
     summary_lines,
-    wilson,
     write_results,
 )
 from livealign.prompts import Prompt
 from livealign.simulate import SimulationConfig, outcomes, win_rate
 from livealign.users import PopulationConfig
+from trainer.gate_checks import wilson_interval
 
 
 def row(family: str, mode: str, rnd: int, rate: float, events: int, seed: int = 0,
@@ -55,17 +55,24 @@ def run(family: str, mode: str, rates: list[float], seed: int = 0, step: int = 7
 
 
 def test_wilson_interval() -> None:
-    low, high = wilson(35, 70)  # 0.5 on the bench's 70 held-out prompts: +-0.114
+    low, high = wilson_interval(35, 70, 0.95)  # 0.5 on the bench's 70 held-out prompts: +-0.114
     assert low == pytest.approx(0.386, abs=1e-3) and high == pytest.approx(0.614, abs=1e-3)
-    low, high = wilson(15, 30)  # on 30 prompts: +-0.17
+    low, high = wilson_interval(15, 30, 0.95)  # on 30 prompts: +-0.17
     assert high - low == pytest.approx(0.337, abs=1e-3)
-    low, high = wilson(49, 70)  # 0.7: the goal, [0.585, 0.795]
+    low, high = wilson_interval(49, 70, 0.95)  # 0.7: the goal, [0.585, 0.795]
     assert (round(low, 3), round(high, 3)) == (0.585, 0.795)
-    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
-    assert 0.0 < wilson(0, 10)[1] < 0.35 and wilson(10, 10)[0] > 0.65  # never a point
-    assert wilson(10, 20) < wilson(10.5, 20) < wilson(11, 20)  # a tie: half a win
-    with pytest.raises(ValueError):
-        wilson(0, 0)
+    assert wilson_interval(0, 10, 0.95)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(
+        10, 10, 0.95
+    )[1] == pytest.approx(1.0)
+    assert (
+        0.0 < wilson_interval(0, 10, 0.95)[1] < 0.35 and wilson_interval(10, 10, 0.95)[0] > 0.65
+    )  # never a point
+    assert (
+        wilson_interval(10, 20, 0.95)
+        < wilson_interval(10.5, 20, 0.95)
+        < wilson_interval(11, 20, 0.95)
+    )  # a tie: half a win
+    assert wilson_interval(0, 0, 0.95) == (0.0, 1.0)  # no prompt judged says nothing
 
 
 def test_outcomes_and_win_rate_agree_and_ties_count_half() -> None:
