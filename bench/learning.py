@@ -474,10 +474,12 @@ def run_rounds(
     chats: int,
     budget: int,
     args: dict[str, Any] | None = None,
+    on_round: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
     """The loop of one run on a running stack: simulate, catch up, train, serve, judge,
     until `budget` feedback events were accepted (rounds of `chats` chats, the last one
-    sized to the rest of the budget)."""
+    sized to the rest of the budget). `on_round` gets the rows so far after each round
+    (a run stopped midway keeps its finished rounds)."""
     config = simulator.config
     population, max_tokens = config.population, config.max_tokens
     store = PreferenceStore(stack.settings.processor_config(stack.bootstrap).store_url)
@@ -533,12 +535,14 @@ def run_rounds(
                  current.version, _ci(current), current.repetition,
                  rows[0].repetition)  # fmt: skip
         rows.append(current)
+        if on_round is not None:
+            on_round(rows)
     return rows
 
 
 def run_mode(
     args: argparse.Namespace, mode: str, held_out: list[Prompt], base: list[str] | None,
-    run_args: dict[str, Any],
+    run_args: dict[str, Any], on_round: Callable[[list[Row]], None] | None = None,
 ) -> tuple[list[Row], list[str]]:  # fmt: skip
     """One run on a fresh stack; `base`: the base model's held-out answers, if known (the
     same for every mode: greedy answers of the same model)."""
@@ -569,6 +573,7 @@ def run_mode(
         rows = run_rounds(
             stack, mode, Simulator(config), run_round, held_out, base_judged,
             chats=args.chats, budget=args.budget, args={**run_args, "mode": mode},
+            on_round=on_round,
         )  # fmt: skip
     return rows, base
 
@@ -734,9 +739,15 @@ def main() -> None:
     base: list[str] | None = None
     started = time.monotonic()
     for mode in args.modes:
-        mine, base = run_mode(args, mode, held_out, base, run_args)
+        before = rows
+
+        def partial(so_far: list[Row], before: list[Row] = before) -> None:
+            write_results(merge_rows(before, so_far), args.out, args.budget)
+
+        # Written after each round: a run stopped midway keeps its finished rounds.
+        mine, base = run_mode(args, mode, held_out, base, run_args, partial)
         rows = merge_rows(rows, mine)
-        write_results(rows, args.out, args.budget)  # after each run: a crash keeps what ran
+        write_results(rows, args.out, args.budget)
     print(f"\n{len(args.modes)} run(s) in {(time.monotonic() - started) / 60:.1f} min")
 
 
