@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 from ray.serve.deployment import Application
+from starlette.exceptions import HTTPException
 
 from serving import chat, sampling, tokens
 from serving.adapters import AdapterManager
@@ -29,59 +30,80 @@ from serving.canary import assign, commands
 from serving.config import DEPLOYMENT_NAME, ServingConfig
 from serving.engine import Engine
 from serving.feedback import FeedbackDesk, FeedbackResult
+from serving.limits import LIMITS
+from serving.middleware import BodySizeLimit, StrictJSONRoute, error_response
+from serving.openapi import (
+    CHAT_RESPONSES,
+    FEEDBACK_BODY,
+    FEEDBACK_RESPONSES,
+    SET_WEIGHT_BODY,
+    AdapterRef,
+    AdminCredentials,
+    AdminKeyHeader,
+    ArmHeader,
+    ConversationHeader,
+    LiveAlignAPI,
+    errors,
+)
 from serving.protocol import (
     APIError,
     ChatCompletion,
     ChatCompletionRequest,
-    ErrorResponse,
     LiveAlignInfo,
     ModelCard,
     ModelList,
 )
-from streaming.events import TOPIC_INTERACTIONS, FeedbackIn, InteractionEvent, new_id, now_ms
+from streaming.events import TOPIC_INTERACTIONS, InteractionEvent, new_id, now_ms
 from streaming.producer import EventProducer
 from streaming.spool import SpoolFull
 from trainer.registry import Registry, RegistryError, UnknownVersion
 
 log = logging.getLogger(__name__)
 
-api = FastAPI(
+api = LiveAlignAPI(
     title="LiveAlign",
     summary="OpenAI-compatible chat that learns from its users' feedback.",
     version="0.1.0",
 )
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 422, 503)
-}
-NO_CANARY: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorResponse, "description": "No canary (or no rollout) to act on."}
-}
+# Set here, before ``serve.ingress`` below freezes a copy of the app: every body is read
+# under the size limit, and every typed one parsed as strict JSON.
+api.add_middleware(BodySizeLimit, max_bytes=LIMITS.max_body_bytes)
+api.router.route_class = StrictJSONRoute
 
 
 @api.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.json(), status_code=exc.status)
+    return error_response(exc)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's and FastAPI's own (unknown route, wrong method, a body too large or that
+    # could not be read), in this API's error shape.
+    code = getattr(exc, "code", None)
+    return error_response(
+        APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+    )
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     # OpenAI answers malformed requests with 400 invalid_request_error.
-    errors = list(exc.errors())
-    if any(e.get("type") == "json_invalid" for e in errors):
-        err = APIError(400, "request body is not valid JSON", code="invalid_json")
+    problems = list(exc.errors())
+    invalid = [e for e in problems if e.get("type") == "json_invalid"]
+    if invalid:
+        why = invalid[0].get("ctx", {}).get("error")
+        message = (
+            f"request body is not valid JSON: {why}" if why else "request body is not valid JSON"
+        )
+        err = APIError(400, message, code="invalid_json")
     else:
         parts = []
-        for e in errors:
-            loc = ".".join(str(p) for p in e["loc"][1:]) or "body"  # drop the leading "body"
+        for e in problems:
+            loc = ".".join(str(p) for p in e["loc"][1:]) or "body"  # drop "body", "header"...
             parts.append(f"{loc}: {str(e['msg']).removeprefix('Value error, ')}")
         err = APIError(400, "; ".join(parts), param=parts[0].split(":")[0] if parts else None)
-    return JSONResponse(err.json(), status_code=err.status)
-
-
-def _check_size(request: Request, limit: int) -> None:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise APIError(413, f"request body is {length} bytes; at most {limit}", code="too_large")
+    return error_response(err)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -102,23 +124,18 @@ class ChatServer:
         )
         self.producer = EventProducer(config.producer).start()
         self.feedback = FeedbackDesk(
-            self.producer, self.secret, config.max_feedback_batch, config.delivery_timeout_s
+            self.producer, self.secret, LIMITS.max_feedback_batch, config.delivery_timeout_s
         )
 
     # --- chat ---------------------------------------------------------------------------
-    @api.post(
-        "/v1/chat/completions",
-        response_model=ChatCompletion,
-        responses={
-            **ERRORS,
-            **NO_CANARY,
-            200: {"description": "A completion, or SSE chunks if stream"},
-        },
-    )
+    @api.post("/v1/chat/completions", response_model=ChatCompletion, responses=CHAT_RESPONSES)
     async def chat_completions(
-        self, body: ChatCompletionRequest, request: Request
+        self,
+        body: ChatCompletionRequest,
+        conversation_id: ConversationHeader = None,
+        arm: ArmHeader = None,
+        admin_key: AdminKeyHeader = None,
     ) -> JSONResponse | StreamingResponse:
-        _check_size(request, self.config.max_body_bytes)
         if body.model != self.config.engine.served_model_name:
             raise APIError(
                 404,
@@ -127,7 +144,8 @@ class ChatServer:
                 code="model_not_found",
                 param="model",
             )
-        turn = self._turn(body, request)
+        pin = self._pin(arm, admin_key)
+        turn = self._turn(body, body.conversation_id or conversation_id, pin)
         headers = {
             "X-LiveAlign-Response-Id": turn.info.response_id,
             "X-LiveAlign-Conversation-Id": turn.info.conversation_id,
@@ -144,12 +162,11 @@ class ChatServer:
         result = await chat.complete(self.engine, turn, self._emit)
         return JSONResponse(result.model_dump(mode="json"), headers=headers)
 
-    def _turn(self, body: ChatCompletionRequest, request: Request) -> chat.Turn:
-        conversation_id = (
-            body.conversation_id or request.headers.get("x-conversation-id") or new_id("conv")
-        )
+    def _turn(
+        self, body: ChatCompletionRequest, conversation_id: str | None, pin: str | None
+    ) -> chat.Turn:
+        conversation_id = conversation_id or new_id("conv")
         user_hash = tokens.hash_user(self.salt, body.user) if body.user else None
-        pin = self._pin(request)
         prompt_ids = self.engine.render(body.chat_messages())
         params = chat.sampling_params(
             body,
@@ -177,16 +194,11 @@ class ChatServer:
         )
         return chat.Turn(body, info, route, prompt_ids, params, user_hash, release=slot.release)
 
-    def _pin(self, request: Request) -> str | None:
+    def _pin(self, arm: str | None, admin_key: str | None) -> str | None:
         """The arm an operator pinned this request to (``X-LiveAlign-Arm``), if any."""
-        arm = request.headers.get("x-livealign-arm")
         if arm is None:
             return None
-        if arm not in (chat.STABLE_ARM, chat.CANARY_ARM):
-            raise APIError(
-                400, f"X-LiveAlign-Arm: {arm!r} is not canary or stable", param="X-LiveAlign-Arm"
-            )
-        if not self._is_admin_key(request.headers.get("x-livealign-admin-key", "")):
+        if not self._is_admin_key(admin_key):
             raise APIError(
                 403,
                 "X-LiveAlign-Arm pins an arm for debugging: it needs a valid admin key in "
@@ -212,21 +224,12 @@ class ChatServer:
         "/v1/feedback",
         status_code=202,
         response_model=FeedbackResult,
-        responses=ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": FeedbackIn.model_json_schema()}},
-                "description": 'One event, or {"events": [event, ...]} for a batch.',
-            }
-        },
+        responses=FEEDBACK_RESPONSES,
+        openapi_extra=FEEDBACK_BODY,
     )
     async def post_feedback(self, request: Request) -> JSONResponse:
-        _check_size(request, self.config.max_body_bytes)
-        raw = await request.body()
-        if len(raw) > self.config.max_body_bytes:
-            raise APIError(413, f"request body is larger than {self.config.max_body_bytes} bytes")
-        items, batch = self.feedback.parse(raw)
+        # The body is bounded by BodySizeLimit while it is read.
+        items, batch = self.feedback.parse(await request.body())
         result = await self.feedback.accept(items)
         if not batch and result.rejected:
             first = result.rejected[0]
@@ -235,29 +238,32 @@ class ChatServer:
         return JSONResponse(result.model_dump(mode="json"), status_code=status)
 
     # --- admin ------------------------------------------------------------------------------
-    def _is_admin_key(self, given: str) -> bool:
+    def _is_admin_key(self, given: str | None) -> bool:
         key = self.config.admin_key
-        # As bytes: compare_digest refuses a str with non-ASCII characters.
-        return (
-            key is not None
-            and bool(given)
-            and hmac.compare_digest(given.encode(), key.get_secret_value().encode())
-        )
+        return key is not None and tokens.same_secret(given, key.get_secret_value())
 
-    def _admin(self, request: Request) -> Registry:
+    def _admin(self, credentials: HTTPAuthorizationCredentials | None) -> Registry:
         if self.config.admin_key is None or self.adapters.registry is None:
-            raise APIError(403, "the admin API is off (no admin key or no registry configured)")
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not given:
-            raise APIError(401, "admin API: send Authorization: Bearer <admin key>", code="auth")
-        if not self._is_admin_key(given):
-            raise APIError(403, "admin API: wrong admin key", type_="permission_error")
+            raise APIError(
+                403,
+                "the admin API is off (no admin key or no registry configured)",
+                type_="permission_error",
+            )
+        if credentials is None:
+            raise APIError(
+                401,
+                "admin API: send Authorization: Bearer <admin key>",
+                code="auth",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not self._is_admin_key(credentials.credentials):
+            raise APIError(403, "admin API: wrong admin key", type_="permission_error", code="auth")
         return self.adapters.registry
 
-    @api.get("/admin/adapters", responses=ERRORS)
-    async def list_adapters(self, request: Request) -> dict[str, Any]:
+    @api.get("/admin/adapters", responses=errors(401, 403))
+    async def list_adapters(self, credentials: AdminCredentials) -> dict[str, Any]:
         """Every published version with its manifest, the registry state, what serves."""
-        registry = self._admin(request)
+        registry = self._admin(credentials)
         return {
             "serving": self.adapters.stable.ref,
             "canary": self.adapters.canary_ref,
@@ -266,12 +272,15 @@ class ChatServer:
             "versions": [v.model_dump(mode="json") for v in registry.versions()],
         }
 
-    @api.post("/admin/adapters/{ref}/{action}", responses=ERRORS)
-    async def set_adapter(self, ref: str, action: str, request: Request) -> dict[str, Any]:
+    @api.post("/admin/adapters/{ref}/{action}", responses=errors(400, 401, 403, 404, 409))
+    async def set_adapter(
+        self,
+        ref: AdapterRef,
+        action: Literal["promote", "rollback"],
+        credentials: AdminCredentials,
+    ) -> dict[str, Any]:
         """``promote`` a version, or ``rollback`` to an earlier one (or to ``base``)."""
-        registry = self._admin(request)
-        if action not in ("promote", "rollback"):
-            raise APIError(404, f"unknown action {action!r}: promote or rollback")
+        registry = self._admin(credentials)
         try:
             if ref != chat.BASE_ADAPTER:
                 ref = registry.get(ref).ref
@@ -286,53 +295,50 @@ class ChatServer:
         return {"serving": self.adapters.stable.ref, "state": state.model_dump(mode="json")}
 
     # --- canary (the rollout's transitions are in serving.canary.rollout) ----------------
-    @api.get("/admin/canary", responses=ERRORS)
-    async def canary_status(self, request: Request) -> dict[str, Any]:
+    @api.get("/admin/canary", responses=errors(401, 403))
+    async def canary_status(self, credentials: AdminCredentials) -> dict[str, Any]:
         """Stable, canary, its weight and rollout, the last decisions, what this replica
         has loaded."""
-        return commands.status(self._admin(request), self.adapters.loaded())
+        return commands.status(self._admin(credentials), self.adapters.loaded())
 
-    @api.post("/admin/canary/promote", responses={**ERRORS, **NO_CANARY})
-    async def canary_promote(self, request: Request) -> dict[str, Any]:
+    @api.post("/admin/canary/promote", responses=errors(401, 403, 409))
+    async def canary_promote(self, credentials: AdminCredentials) -> dict[str, Any]:
         """Make the canary stable now (moved into the stable slot, not reloaded)."""
-        return await self._canary_command(request, "promote")
+        return await self._canary_command(credentials, "promote")
 
-    @api.post("/admin/canary/abort", responses={**ERRORS, **NO_CANARY})
-    async def canary_abort(self, request: Request) -> dict[str, Any]:
+    @api.post("/admin/canary/abort", responses=errors(401, 403, 409))
+    async def canary_abort(self, credentials: AdminCredentials) -> dict[str, Any]:
         """Roll the canary back now: its conversations go to stable, then it is unloaded."""
-        return await self._canary_command(request, "abort")
+        return await self._canary_command(credentials, "abort")
 
-    @api.post("/admin/canary/pause", responses={**ERRORS, **NO_CANARY})
-    async def canary_pause(self, request: Request) -> dict[str, Any]:
+    @api.post("/admin/canary/pause", responses=errors(401, 403, 409))
+    async def canary_pause(self, credentials: AdminCredentials) -> dict[str, Any]:
         """Stop the controller's promotions (it still rolls back a harmful canary)."""
-        return await self._canary_command(request, "pause")
+        return await self._canary_command(credentials, "pause")
 
-    @api.post("/admin/canary/resume", responses={**ERRORS, **NO_CANARY})
-    async def canary_resume(self, request: Request) -> dict[str, Any]:
+    @api.post("/admin/canary/resume", responses=errors(401, 403, 409))
+    async def canary_resume(self, credentials: AdminCredentials) -> dict[str, Any]:
         """Let the controller promote again."""
-        return await self._canary_command(request, "resume")
+        return await self._canary_command(credentials, "resume")
 
     @api.post(
         "/admin/canary/set-weight",
-        responses={**ERRORS, **NO_CANARY},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": commands.CanaryWeight.model_json_schema()}
-                },
-            }
-        },
+        responses=errors(401, 403, 409, 413, 422),
+        openapi_extra=SET_WEIGHT_BODY,
     )
-    async def canary_set_weight(self, request: Request) -> dict[str, Any]:
+    async def canary_set_weight(
+        self, request: Request, credentials: AdminCredentials
+    ) -> dict[str, Any]:
         """Move the rollout to the step of this weight (one of the policy's steps)."""
-        registry = self._admin(request)
+        registry = self._admin(credentials)
         body = await request.body()
         commands.set_weight(registry, self.config.canary_policy, body, now_ms())
         return await self._canary_applied(registry)
 
-    async def _canary_command(self, request: Request, command: commands.Command) -> dict[str, Any]:
-        registry = self._admin(request)
+    async def _canary_command(
+        self, credentials: HTTPAuthorizationCredentials | None, command: commands.Command
+    ) -> dict[str, Any]:
+        registry = self._admin(credentials)
         commands.run(registry, command)
         return await self._canary_applied(registry)
 

@@ -55,8 +55,8 @@ class ServingConfig(BaseModel):
     feedback_secret: SecretStr = Field(description="HMAC key for feedback tokens.")
     user_hash_salt: SecretStr = Field(description="Salt for hashing the OpenAI `user` field.")
     feedback_token_ttl_s: int = Field(7 * 24 * 3600, description="How long feedback is taken.")
-    max_feedback_batch: int = Field(100, description="Most events in one feedback batch.")
-    max_body_bytes: int = Field(1024 * 1024, description="Largest request body accepted.")
+    # The request bounds (body size, feedback batch, every field) are the API's own, in
+    # serving.limits: the OpenAPI document states them.
     delivery_timeout_s: float = Field(
         15.0, description="How long a feedback request waits for broker ack or disk spool."
     )

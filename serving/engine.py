@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError
 from transformers import AutoTokenizer
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -16,6 +17,7 @@ from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from serving.config import EngineConfig
+from serving.protocol import APIError
 from streaming.events import ChatMessage
 
 
@@ -43,9 +45,16 @@ class Engine:
 
     def render(self, messages: list[ChatMessage]) -> list[int]:
         """Token ids of the chat prompt, ending where the assistant's answer starts."""
-        text = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
-        )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
+            )
+        except TemplateError as exc:
+            # A template may refuse a conversation (roles out of order, a role it lacks):
+            # the request's fault, as vLLM's own server answers it.
+            raise APIError(
+                400, f"messages: the model's chat template refuses them: {exc}", param="messages"
+            ) from exc
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(

@@ -1,30 +1,92 @@
 """OpenAI chat-completions wire format (the subset LiveAlign serves), plus its extras.
 
 Field names and shapes follow OpenAI's API so the official SDK works unchanged;
-unknown request fields are ignored, as OpenAI-compatible servers commonly do.
+unknown request fields are ignored, as OpenAI-compatible servers commonly do. Every field
+is bounded (``serving.limits``): a request the engine or the store could not take is a 400
+naming the field, never a failure further down.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import pydantic_core
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
+from serving.limits import LIMITS
 from streaming.events import ChatMessage
+
+
+def loads(body: bytes) -> Any:
+    """A request body's JSON, strictly (``ValueError`` saying where it is wrong): valid
+    UTF-8 without lone surrogates ("\\ud800", which the stdlib parser lets through and
+    nothing downstream can encode: the tokenizer, the user hash, the event's JSON), no NaN
+    or Infinity, nesting bounded (the stdlib parser recurses until Python gives up)."""
+    return pydantic_core.from_json(body, allow_inf_nan=False)
+
+
+Name = Annotated[str, Field(max_length=LIMITS.max_name_chars)]
+MessageText = Annotated[str, Field(max_length=LIMITS.max_message_chars)]
+StopString = Annotated[str, Field(min_length=1, max_length=LIMITS.max_stop_chars)]
+Tokens = Annotated[int, Field(ge=1, le=LIMITS.max_tokens)]
+# It becomes a response header, a Kafka key and a store column: short, plain ASCII.
+ConversationId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=LIMITS.max_conversation_id_chars,
+        pattern=LIMITS.conversation_id_pattern,
+    ),
+]
+
+
+def _text_or_list(value: Any) -> str:
+    # A union told apart by the value's type: a refusal names only the branch the value
+    # took ("content.text: ..."), not every member of the union.
+    return "text" if isinstance(value, str) else "list"
+
+
+Stop = Annotated[
+    Annotated[StopString, Tag("text")]
+    | Annotated[list[StopString], Field(max_length=LIMITS.max_stop), Tag("list")],
+    Discriminator(_text_or_list),
+]
 
 
 class ContentPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: MessageText
+
+
+Content = Annotated[
+    Annotated[MessageText, Tag("text")]
+    | Annotated[list[ContentPart], Field(max_length=LIMITS.max_content_parts), Tag("list")],
+    Discriminator(_text_or_list),
+]
 
 
 class RequestMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Content | None = None
+    name: Name | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RequestMessage:
+        if len(self.text()) > LIMITS.max_message_chars:
+            raise ValueError(f"content: at most {LIMITS.max_message_chars} characters")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -44,25 +106,25 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    messages: Annotated[list[RequestMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = Field(
+    model: Name
+    messages: Annotated[list[RequestMessage], Field(min_length=1, max_length=LIMITS.max_messages)]
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+    temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] | None = Field(
         None, description="Unset: the model's own default (its generation_config.json)."
     )
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(
+    top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = Field(
         None, description="Unset: the model's own default (its generation_config.json)."
     )
     n: Annotated[int, Field(ge=1, le=1, description="Only n=1 is served.")] = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    stop: Stop | None = None
+    seed: Annotated[int, Field(ge=LIMITS.seed_min, le=LIMITS.seed_max)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)] = 0.0
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: Annotated[str, Field(max_length=256)] | None = None
-    conversation_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    user: Annotated[str, Field(max_length=LIMITS.max_user_chars)] | None = None
+    conversation_id: ConversationId | None = None
 
     @field_validator("messages")
     @classmethod
@@ -176,9 +238,11 @@ class APIError(Exception):
         type_: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers  # e.g. WWW-Authenticate on a 401
         self.body = ErrorResponse(
             error=ErrorBody(message=message, type=type_, code=code, param=param)
         )

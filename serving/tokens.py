@@ -13,8 +13,13 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
+
+# What ``issue`` makes: two base64url parts. Anything else (non-ASCII included) is refused
+# before it reaches a comparison.
+TOKEN_FORM = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class TokenError(ValueError):
@@ -57,15 +62,15 @@ def issue(
 
 def verify(secret: bytes, response_id: str, token: str, now: float | None = None) -> TokenClaims:
     """Return the token's claims, or raise ``TokenError`` saying why not."""
-    payload, _, signature = token.partition(".")
-    if not payload or not signature:
+    if not TOKEN_FORM.fullmatch(token):
         raise TokenError("feedback_token is malformed")
-    if not hmac.compare_digest(signature, _sign(secret, response_id, payload)):
+    payload, _, signature = token.partition(".")
+    if not hmac.compare_digest(signature.encode(), _sign(secret, response_id, payload).encode()):
         raise TokenError("feedback_token does not match this response_id")
     try:
         claims = json.loads(_unb64(payload))
         result = TokenClaims(str(claims["c"]), claims.get("u"), int(claims["e"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TokenError("feedback_token is malformed") from exc
     if result.expires_at < (now if now is not None else time.time()):
         raise TokenError("feedback_token has expired")
@@ -75,3 +80,18 @@ def verify(secret: bytes, response_id: str, token: str, now: float | None = None
 def hash_user(salt: bytes, user: str) -> str:
     """A stable pseudonym for the OpenAI ``user`` field; the raw value never leaves."""
     return hmac.new(salt, user.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def same_secret(given: str | None, secret: str) -> bool:
+    """Whether a credential a client sent (a header value) is ``secret``, in constant time.
+
+    On bytes: ``hmac.compare_digest`` refuses a str with non-ASCII characters. A header
+    value arrives decoded as Latin-1, so encoding it back gives the bytes the client sent.
+    """
+    if not given:
+        return False
+    try:
+        sent = given.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header: no client could have sent it
+        return False
+    return hmac.compare_digest(sent, secret.encode())
