@@ -43,11 +43,14 @@ class TrainConfig(BaseModel):
         description="Linear layers that get a LoRA (every projection of a Llama block).",
     )
     dpo_lr: float = Field(
-        5e-4,
+        2e-4,
         ge=0,
-        description="DPO learning rate. Safe only together with the SFT term: plain DPO at this "
-        "rate over-optimizes SmolLM2-135M into gibberish within an epoch. At 2e-4 a round of "
-        "~80 pairs (10 steps a pass) left the served answers where they were.",
+        description="DPO learning rate (with the SFT term: plain DPO at this rate "
+        "over-optimizes SmolLM2-135M into gibberish within an epoch). Measured on one "
+        "bench round's 91 edit pairs of 80-token answers, 24 steps: at 5e-4 the greedy "
+        "answers on 16 held-out prompts reached a mean hidden utility of 0.36 (base 0) but "
+        "looped ('In short:\\n\\nIn short:...', 56% of word 3-grams repeated; beta 0.5 did "
+        "not stop it); at 2e-4 they stayed fluent (4%, as the base) at a utility of 0.06.",
     )
     dpo_beta: float = Field(
         0.1, gt=0, description="DPO beta: strength of the pull to the reference."
