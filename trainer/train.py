@@ -220,16 +220,15 @@ def _prepared(trainer_cls: Any, ends: dict[str, str], config: TrainConfig) -> An
             self, dataset: Any, processing_class: Any, args: Any, *rest: Any
         ) -> Any:
             # TRL drops a record whose prompt alone fills max_length while tokenizing; the
-            # prompt is cut first here instead, so TRL is told no limit for that step (its
-            # collator took the limit when it was built and still enforces it).
+            # prompt is cut here instead, so TRL is told no limit for that step (its
+            # collator took the limit when it was built and still enforces it). What still
+            # does not fit after the cut, `_fits` left out before.
             limit, args.max_length = args.max_length, None
             try:
                 prepared = super()._prepare_dataset(dataset, processing_class, args, *rest)
             finally:
                 args.max_length = limit
             prepared = prepared.map(_keep_prompt_end, fn_kwargs={"limit": config.max_prompt_length})
-            if limit is not None:
-                prepared = prepared.filter(lambda ex: len(ex["prompt_ids"]) < limit)
             if not config.cut_aware:
                 return prepared
             tail = end_of_turn(processing_class)
@@ -562,8 +561,8 @@ def train_policy(
     A stage without data is skipped; no data at all is a ValueError.
     Record weights are honoured by weighted resampling (see weighted_resample). Answers whose
     response id is in `cut` were cut off by max_tokens and are trained without their end of
-    turn (see _prepared). Writes only
-    adapter_config.json + adapter_model.safetensors into `out_dir`.
+    turn (see _prepared). Writes only adapter_config.json + adapter_model.safetensors into
+    `out_dir`.
     """
     started = time.monotonic()
     tokenizer = load_tokenizer(base_model)

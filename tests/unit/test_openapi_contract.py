@@ -17,18 +17,10 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the skip)
 
 from serving.app import api  # noqa: E402
+from tests.contract import CHECK_NAMES  # noqa: E402
 from tests.unit.serving_app import ADMIN_KEY, MODEL, serving  # noqa: E402
 
-CHECKS = [
-    getattr(schemathesis.checks, name)
-    for name in (
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_schema_conformance",
-        "response_headers_conformance",
-    )
-]
+CHECKS = [getattr(schemathesis.checks, name) for name in CHECK_NAMES]
 schema = schemathesis.openapi.from_asgi("/openapi.json", api)
 
 
