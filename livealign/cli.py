@@ -30,18 +30,25 @@ def up(
     ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port of the API.")] = None,
     home: Annotated[Path | None, typer.Option(help="State folder (cache, spool, logs).")] = None,
+    monitoring: Annotated[
+        bool | None, typer.Option("--monitoring/--no-monitoring", help="Start Prometheus too.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Start broker, Ray and the serving app; stop them all on Ctrl-C."""
     from livealign.stack import LocalStack
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.load(config, kafka=kafka, model=model, port=port, home=home)
+    settings = Settings.load(
+        config, kafka=kafka, model=model, port=port, home=home, monitoring=monitoring
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with LocalStack(settings) as stack:
         typer.echo(f"\nLiveAlign is up: {stack.url}/v1  (OpenAPI: {stack.url}/docs)")
+        if stack.prometheus is not None:
+            typer.echo(f"Prometheus: {stack.prometheus.url}  (targets: {settings.targets_dir})")
         typer.echo(f"Kafka: {stack.bootstrap}   Ctrl-C stops everything.\n")
         while not stop.wait(5.0):
             stack.supervise()

@@ -137,6 +137,18 @@ class Settings(BaseSettings):
         description="Any CanaryPolicy field (steps, alpha, margin, guardrails...): a table "
         "[canary_overrides] with steps = [0.1, 0.5, 1.0], say.",
     )
+    monitoring: bool = Field(
+        False, description="Start Prometheus with the stack, scraping every part's metrics."
+    )
+    prometheus_port: int | None = Field(None, description="Prometheus' port; none: free.")
+    scrape_interval_s: float = Field(
+        15.0, gt=0, description="How often Prometheus scrapes each part (and evaluates rules)."
+    )
+    engine_metrics: bool = Field(
+        True,
+        description="vLLM's own metrics (queue, KV cache, preemptions, prefix cache) on each "
+        "replica's metrics endpoint.",
+    )
     admin_key: SecretStr | None = Field(None, description="Admin API key; none: made once.")
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
@@ -231,6 +243,7 @@ class Settings(BaseSettings):
                 max_model_len=self.max_model_len,
                 kv_cache_gib=self.kv_cache_gib,
                 enable_lora=self.enable_lora,
+                engine_metrics=self.engine_metrics,
             ),
             producer=ProducerConfig(
                 bootstrap_servers=bootstrap, spool_dir=(self.home / "spool").resolve()
@@ -244,6 +257,7 @@ class Settings(BaseSettings):
             registry_dir=self.registry_dir,
             canary_unit=self.canary_unit,
             canary_policy=self.canary_policy(),
+            metrics_targets_dir=self.targets_dir,
         )
 
     def resolved_dtype(self) -> Literal["bfloat16", "float32"]:
@@ -256,6 +270,15 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return (self.home / "registry").resolve()
+
+    @property
+    def targets_dir(self) -> Path:
+        """Where every part announces its metrics endpoint (Prometheus file discovery)."""
+        return (self.home / "scrape-targets").resolve()
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return (self.home / "prometheus").resolve()
 
     def trainer_config(self, model_path: Path, bootstrap: str) -> TrainerConfig:
         config = TrainerConfig(

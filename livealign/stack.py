@@ -1,4 +1,5 @@
-"""The local stack: embedded broker (unless --kafka), local Ray, the Serve app.
+"""The local stack: embedded broker (unless --kafka), local Ray, the Serve app, and
+Prometheus (with --monitoring).
 
 ``LocalStack`` starts what it owns and stops exactly that again, in reverse order.
 The test suite uses the same class, so what the tests run is what ``livealign up`` runs.
@@ -14,14 +15,19 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from livealign.config import Settings
 from livealign.models import prepare_smollm2, prepare_tiny
+from monitoring import targets
+from monitoring.prometheus import PrometheusServer, shipped_rules
 from streaming.broker import EmbeddedBroker, free_port
 from streaming.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class LocalStack:
         self.trainer_metrics_port = 0
         self.canary: Any = None
         self.canary_metrics_port = 0
+        self.prometheus: PrometheusServer | None = None
 
     @property
     def url(self) -> str:
@@ -67,6 +74,9 @@ class LocalStack:
     def _start(self, timeout: float) -> None:
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
+        targets.clear(s.targets_dir)  # an earlier run's, stopped too hard to clean up
+        if s.monitoring:
+            self.start_prometheus()
         model_path = resolve_model(s)
         if s.kafka is None:
             self.broker = EmbeddedBroker(s.broker_port, log_path=s.home / "broker.log").start()
@@ -112,17 +122,27 @@ class LocalStack:
             time.sleep(1.0)
         raise TimeoutError(f"{self.url}/healthz not ready after {timeout:.0f}s ({last})")
 
-    def start_trainer(self, model_path: Path) -> None:
+    def start_prometheus(self) -> None:
+        """Prometheus over the targets folder every part announces itself in."""
+        s = self.settings
+        self.prometheus = PrometheusServer(
+            s.prometheus_dir, s.targets_dir, s.prometheus_port or free_port(),
+            s.scrape_interval_s, shipped_rules(),
+        ).start()  # fmt: skip
+
+    def start_trainer(self, model_path: Path, config: TrainerConfig | None = None) -> None:
         """The trainer Ray actor, looping until stop(): rounds on schedule or on data. Its
-        teacher samples through the serving deployment's handle, in this Ray cluster."""
+        teacher samples through the serving deployment's handle, in this Ray cluster.
+        ``config``: instead of the settings' (a test's own schedule, say)."""
         from trainer.actor import TrainerActor
         from trainer.sampler import ServeSampler
 
         self.trainer_metrics_port = free_port()
-        config = self.settings.trainer_config(model_path, self.bootstrap)
+        config = config or self.settings.trainer_config(model_path, self.bootstrap)
         sampler = ServeSampler(APP_NAME)
         self.trainer = TrainerActor.remote(config, self.trainer_metrics_port, sampler)  # type: ignore[attr-defined]
         self.trainer.loop.remote()
+        targets.register(self.settings.targets_dir, "trainer", "0", self.trainer_metrics_port)
 
     def start_canary(self) -> None:
         """The canary controller Ray actor: judges each new version on live feedback."""
@@ -132,6 +152,7 @@ class LocalStack:
         config = self.settings.controller_config(self.bootstrap)
         self.canary = CanaryActor.remote(config, self.canary_metrics_port)  # type: ignore[attr-defined]
         self.canary.loop.remote()
+        targets.register(self.settings.targets_dir, "canary", "0", self.canary_metrics_port)
 
     def start_processor(self) -> None:
         """The stream processor runs in its own process, as it would in a cluster."""
@@ -144,6 +165,7 @@ class LocalStack:
         out = open(s.home / "processor.log", "ab")  # noqa: SIM115 (the child keeps it)
         self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
+        targets.register(s.targets_dir, "processor", "0", self.processor_metrics_port)
 
     def supervise(self) -> None:
         """Restart the processor if it died (it resumes from its committed offsets)."""
@@ -157,6 +179,8 @@ class LocalStack:
 
     def stop_processor(self, timeout: float = 30.0) -> None:
         proc, self.processor = self.processor, None
+        # Stopped on purpose: no longer a target (one that died stays, and shows as down).
+        targets.unregister(targets.target_file(self.settings.targets_dir, "processor", "0"))
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()  # the processor finishes its batch, commits, and exits
@@ -172,15 +196,8 @@ class LocalStack:
             import ray
             from ray import serve
 
-            if self.trainer is not None:
-                with contextlib.suppress(Exception):  # it may be mid-round; ray ends it anyway
-                    ray.get(self.trainer.stop.remote(), timeout=5)
-                self.trainer = None
-            if self.canary is not None:
-                with contextlib.suppress(Exception):
-                    ray.get(self.canary.stop.remote(), timeout=5)
-                self.canary = None
-
+            self.stop_trainer()
+            self.stop_canary()
             try:
                 serve.shutdown()
             finally:
@@ -189,6 +206,30 @@ class LocalStack:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        if self.prometheus is not None:  # last: it sees the others go
+            self.prometheus.stop()
+            self.prometheus = None
+        targets.clear(self.settings.targets_dir)
+
+    def stop_trainer(self) -> None:
+        trainer, self.trainer = self.trainer, None
+        if trainer is None:
+            return
+        targets.unregister(targets.target_file(self.settings.targets_dir, "trainer", "0"))
+        import ray
+
+        with contextlib.suppress(Exception):  # it may be mid-round; ray ends it anyway
+            ray.get(trainer.stop.remote(), timeout=5)
+
+    def stop_canary(self) -> None:
+        canary, self.canary = self.canary, None
+        if canary is None:
+            return
+        targets.unregister(targets.target_file(self.settings.targets_dir, "canary", "0"))
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.get(canary.stop.remote(), timeout=5)
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from starlette.exceptions import HTTPException
 
+from monitoring.targets import Exporter
 from serving import chat, sampling, tokens
 from serving.adapters import AdapterManager
 from serving.canary import assign, commands
@@ -126,6 +127,16 @@ class ChatServer:
         self.feedback = FeedbackDesk(
             self.producer, self.secret, LIMITS.max_feedback_batch, config.delivery_timeout_s
         )
+        self.exporter = self._export_metrics(config)
+
+    @staticmethod
+    def _export_metrics(config: ServingConfig) -> Exporter | None:
+        """This replica's own scrape endpoint: GET /metrics through the Serve proxy reaches
+        one replica of many, Prometheus must reach each."""
+        if config.metrics_targets_dir is None:
+            return None
+        replica = serve.get_replica_context().replica_id.unique_id
+        return Exporter(config.metrics_targets_dir, "serving", replica, {"replica": replica})
 
     # --- chat ---------------------------------------------------------------------------
     @api.post("/v1/chat/completions", response_model=ChatCompletion, responses=CHAT_RESPONSES)
@@ -382,6 +393,9 @@ class ChatServer:
     def __del__(self) -> None:
         if hasattr(self, "_stop"):
             self._stop.set()
+        exporter = getattr(self, "exporter", None)
+        if exporter is not None:
+            exporter.close()
         producer = getattr(self, "producer", None)
         if producer is not None:
             producer.close()

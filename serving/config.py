@@ -26,6 +26,11 @@ class EngineConfig(BaseModel):
     max_lora_rank: Literal[8, 16, 32, 64] = 16
     max_num_seqs: int = 64
     enforce_eager: bool = False
+    engine_metrics: bool = Field(
+        True,
+        description="vLLM's Prometheus metrics (scheduler queue, KV cache use, preemptions, "
+        "prefix-cache hits, its latency histograms) in this process's registry.",
+    )
 
 
 # The deployment's name, which a Ray Serve deployment handle asks for (the trainer's sampler).
@@ -75,6 +80,11 @@ class ServingConfig(BaseModel):
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
     sampling: SamplingLimits = Field(
         default_factory=SamplingLimits, description="Bounds of the trainer's sampling path."
+    )
+    metrics_targets_dir: Path | None = Field(
+        None,
+        description="Each replica serves its metrics on a port of its own and announces it "
+        "here for Prometheus (file-based discovery); none: only GET /metrics.",
     )
     replica_num_cpus: float = 0.5
     max_ongoing_requests: int = 128

@@ -15,6 +15,7 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import PrometheusStatLogger
 
 from serving.config import EngineConfig
 from serving.protocol import APIError
@@ -36,9 +37,12 @@ class Engine:
             max_loras=config.max_loras,
             max_lora_rank=config.max_lora_rank,
             enforce_eager=config.enforce_eager,
+            # Its periodic stats log line stays off; its Prometheus metrics, when wanted,
+            # come from a stat logger given by name (vLLM turns stats on for it alone).
             disable_log_stats=True,
         )
-        self.llm = AsyncLLM.from_engine_args(args)
+        stat_loggers = [PrometheusStatLogger] if config.engine_metrics else None
+        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(config.model_path)
         self.eos_token_id: int | None = self.tokenizer.eos_token_id
         self.sampling_defaults = sampling_defaults(Path(config.model_path))

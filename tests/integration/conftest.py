@@ -45,6 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         settle_s=2.0,  # feedback windows close within seconds, so records come soon
         trainer=False,  # rounds are driven by the trainer tests themselves
         canary=False,  # so is the canary controller (a test starts its own, sized for seconds)
+        monitoring=True,  # Prometheus, scraping every part (test_monitoring)
+        scrape_interval_s=1.0,
     )
     with LocalStack(settings) as running:
         yield running

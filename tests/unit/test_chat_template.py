@@ -55,7 +55,7 @@ class _NoAsyncLLM:
     """Stands in for vLLM's AsyncLLM: rendering never touches the engine."""
 
     @classmethod
-    def from_engine_args(cls, args: object) -> _NoAsyncLLM:
+    def from_engine_args(cls, args: object, stat_loggers: object = None) -> _NoAsyncLLM:
         return cls()
 
 
