@@ -56,5 +56,3 @@ def test_readme_kinds_table_matches_the_table() -> None:
     rows = re.findall(r"^\| `(\w+)` \| (.+?) \|$", README.read_text(), re.MULTILINE)
     documented = {kind: text for kind, text in rows if kind in {k.value for k in FeedbackKind}}
     assert documented == {k.value: k.spec.value_help for k in FeedbackKind}
-
-
