@@ -33,6 +33,12 @@ TOKENS = Counter(
     "Tokens processed, by prompt/completion.",
     ["adapter", "arm", "type"],
 )
+DECODE_SPEED = Histogram(
+    "livealign_chat_decode_tokens_per_second",
+    "Completion tokens per second after the first token, per answer of two tokens or more.",
+    ["adapter", "arm", "stream"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 IN_FLIGHT = Gauge("livealign_chat_in_flight", "Chat requests being generated now.", ["adapter"])
 FEEDBACK = Counter(
     "livealign_feedback_total",
@@ -84,6 +90,12 @@ PROC_LAG = Gauge(
 )
 PROC_JOINS = Counter(
     "livealign_processor_joins_total", "Feedback events joined to their interaction."
+)
+FEEDBACK_JOINED = Counter(
+    "livealign_feedback_joined_total",
+    "Feedback events joined to their interaction, by kind and by the adapter version and "
+    "canary arm that gave the answer.",
+    ["kind", "adapter", "arm"],
 )
 PROC_ORPHANS = Counter(
     "livealign_processor_orphans_total",

@@ -158,6 +158,14 @@ async def run(engine: Engine, turn: Turn) -> AsyncIterator[str]:
             await engine.abort(request_id)
 
 
+def decode_speed(completion_tokens: int, decode_s: float) -> float | None:
+    """Tokens per second after the first token (the first one's wait is TTFT); None when
+    there is nothing to time: one token or none, or no time between first and last."""
+    if completion_tokens < 2 or decode_s <= 0:
+        return None
+    return (completion_tokens - 1) / decode_s
+
+
 def record(turn: Turn, emit: Callable[[InteractionEvent], None], status: str) -> None:
     """Metrics and the interaction event, once a turn is over."""
     turn.release()
@@ -167,6 +175,9 @@ def record(turn: Turn, emit: Callable[[InteractionEvent], None], status: str) ->
     m.REQUEST_LATENCY.labels(adapter, arm, stream).observe(elapsed)
     if turn.ttft is not None:
         m.TTFT.labels(adapter, arm, stream).observe(turn.ttft)
+        speed = decode_speed(turn.completion_tokens, elapsed - turn.ttft)
+        if speed is not None:
+            m.DECODE_SPEED.labels(adapter, arm, stream).observe(speed)
     m.TOKENS.labels(adapter, arm, "prompt").inc(len(turn.prompt_ids))
     m.TOKENS.labels(adapter, arm, "completion").inc(turn.completion_tokens)
     emit(

@@ -349,6 +349,7 @@ class Processor:
         updates: list[dict[str, Any]] = []
         touched: set[str] = set()
         joins = uninterpretable = 0
+        by_arm: Counter[tuple[str, str, str]] = Counter()
         fusion, observe, hold = self.config.fusion, self.fuser.observe, self._pending.put
         # Held events (text None: stored already, so updated) first, then fresh ones.
         for e, text in [*((e, None) for e in held), *fresh]:
@@ -363,6 +364,7 @@ class Processor:
             else:
                 signal = observe(signal)
                 joins += 1
+                by_arm[(e.kind.value, interaction.adapter, interaction.arm)] += 1
                 status, reason = "joined", None
                 touched.add(e.response_id)
                 joined = self._joined.use(e.response_id)
@@ -379,6 +381,8 @@ class Processor:
         _count(m.PROC_DROPS, "uninterpretable", uninterpretable)
         if joins:
             m.PROC_JOINS.inc(joins)
+        for labels, n in by_arm.items():  # what users said of each arm's answers
+            m.FEEDBACK_JOINED.labels(*labels).inc(n)
         self.store.add_feedback(tx, inserts)
         self.store.set_feedback(tx, updates)
         return touched

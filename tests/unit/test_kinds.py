@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from monitoring import metrics as m
 from streaming.events import FeedbackEvent, FeedbackIn
 from streaming.fusion import Fuser, FusionConfig
 from streaming.kinds import FeedbackKind, signals
@@ -57,14 +56,3 @@ def test_readme_kinds_table_matches_the_table() -> None:
     rows = re.findall(r"^\| `(\w+)` \| (.+?) \|$", README.read_text(), re.MULTILINE)
     documented = {kind: text for kind, text in rows if kind in {k.value for k in FeedbackKind}}
     assert documented == {k.value: k.spec.value_help for k in FeedbackKind}
-
-
-def test_readme_lists_every_metric_with_its_labels() -> None:
-    text = README.read_text()
-    from prometheus_client import Counter, Gauge, Histogram
-
-    for obj in vars(m).values():
-        if isinstance(obj, Counter | Gauge | Histogram):
-            name = obj._name + ("_total" if isinstance(obj, Counter) else "")
-            labels = ", ".join(f"`{label}`" for label in obj._labelnames)
-            assert f"| `{name}` | {type(obj).__name__.lower()} | {labels} |" in text, name

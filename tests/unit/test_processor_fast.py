@@ -12,9 +12,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
+from monitoring import metrics as m
 from streaming import store as s
 from streaming.events import (
     TOPIC_FEEDBACK,
@@ -425,3 +427,27 @@ def test_what_a_mirror_accepts_the_model_accepts_the_same(
                 got = None
             assert canonical(got) == canonical(expected), data
     assert accepted > 50 and fell_back > 50
+
+
+def test_joined_feedback_is_counted_by_kind_and_the_arm_that_answered(tmp_path: Path) -> None:
+    """livealign_feedback_joined_total: every join once, labelled from its interaction."""
+
+    def counts() -> dict[tuple[str, ...], float]:
+        samples = [s for metric in m.FEEDBACK_JOINED.collect() for s in metric.samples]
+        return {
+            (s.labels["kind"], s.labels["adapter"], s.labels["arm"]): s.value
+            for s in samples
+            if s.name.endswith("_total")
+        }
+
+    def joins() -> float:
+        return REGISTRY.get_sample_value("livealign_processor_joins_total") or 0.0
+
+    before, joins_before = counts(), joins()
+    run(config(tmp_path, "counted"), stream(60, seed=1))
+    added = {k: v - before.get(k, 0) for k, v in counts().items() if v > before.get(k, 0)}
+    assert sum(added.values()) == joins() - joins_before > 0
+    assert {adapter for _, adapter, _ in added} == {"base", "v1"}
+    assert {arm for _, _, arm in added} == {"stable"}
+    assert {kind for kind, _, _ in added} <= {k.value for k in FeedbackKind}
+    assert len({kind for kind, _, _ in added}) > 3
