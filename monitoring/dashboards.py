@@ -178,8 +178,22 @@ def stale(out: Path = OUT) -> list[str]:
 
 def queries(dashboard: dict[str, Any]) -> list[str]:
     """Every PromQL expression in a dashboard's JSON: its panels' and its annotations'."""
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    return exprs + [a["expr"] for a in dashboard["annotations"].get("list", [])]
+    return [expr for _, expr in titled_queries(dashboard)]
+
+
+def titled_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(title, expression) of every panel query, a collapsed row's panels included, and
+    of every annotation query (titled by its name)."""
+
+    def walk(panels: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        found = []
+        for panel in panels:
+            found += [(panel["title"], t["expr"]) for t in panel.get("targets", []) if "expr" in t]
+            found += walk(panel.get("panels", []))  # a collapsed row keeps its panels
+        return found
+
+    notes = dashboard.get("annotations", {}).get("list", [])
+    return walk(dashboard["panels"]) + [(a["name"], a["expr"]) for a in notes if "expr" in a]
 
 
 def load(name: str, out: Path = OUT) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,24 +22,22 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from livealign.stack import APP_NAME, LocalStack, resolve_model
-from monitoring import queries, targets
+from monitoring import dashboards, promql, targets
 from monitoring.prometheus import ALERT_RULES, PrometheusServer, QueryError, query
 from serving.config import DEPLOYMENT_NAME
 from streaming.broker import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD_DIR = ROOT / "monitoring" / "dashboards"
-# Stands in for the real dashboards where this checkout has none yet.
-SAMPLE_DASHBOARD = Path(__file__).parent / "data" / "sample_dashboard.json"
 # Panels that must show data once chats and feedback went through (by title).
-CORE_PANELS = {"Request rate", "Latency p95", "Feedback by kind", "Processor lag", "vLLM queue"}
+CORE_PANELS = {
+    "Requests", "Latency", "Time to first token", "Engine queue", "KV cache usage",
+    "Feedback accepted, by kind", "Lag", "Throughput",
+}  # fmt: skip
 # vLLM's own metrics every replica must expose (queue, KV cache, preemptions, prefix cache).
 ENGINE_METRICS = (
     "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
     "vllm:num_preemptions_total", "vllm:prefix_cache_queries_total",
     "vllm:prefix_cache_hits_total", "vllm:generation_tokens_total",
 )  # fmt: skip
-WINDOW_S = 300  # every $__rate_interval, $__range...: wide enough to hold this module's traffic
 TIMEOUT_S = 60.0
 
 T = TypeVar("T")
@@ -220,17 +219,28 @@ def test_engine_metrics_are_on_each_replica(
     assert float(generated[0]["value"][1]) > 0
 
 
-def dashboard_files() -> list[Path]:
-    return sorted(DASHBOARD_DIR.glob("*.json")) or [SAMPLE_DASHBOARD]
+@dataclass(frozen=True)
+class Query:
+    source: str  # the dashboard's or rule file's name
+    title: str  # the panel's, annotation's or rule's
+    expr: str  # as Prometheus gets it: Grafana's variables filled in (All, and intervals)
 
 
-def all_queries() -> list[queries.Query]:
-    found: list[queries.Query] = []
-    for path in dashboard_files():
-        found += queries.dashboard_queries(path.name, json.loads(path.read_text()), WINDOW_S)
-    if ALERT_RULES.is_file():
-        found += queries.rule_queries(ALERT_RULES.name, yaml.safe_load(ALERT_RULES.read_text()))
-    return found
+def rules() -> list[dict[str, Any]]:
+    if not ALERT_RULES.is_file():
+        return []
+    loaded = yaml.safe_load(ALERT_RULES.read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def all_queries() -> list[Query]:
+    found = [
+        Query(name, title, promql.concrete(expr))
+        for name in sorted(dashboards.DASHBOARDS)
+        for title, expr in dashboards.titled_queries(dashboards.load(name))
+    ]
+    name = ALERT_RULES.name
+    return found + [Query(name, r.get("alert") or r["record"], r["expr"]) for r in rules()]
 
 
 def test_every_panel_and_alert_query_evaluates(prometheus: str, traffic: None) -> None:
@@ -260,7 +270,7 @@ def test_core_panels_show_data(prometheus: str, traffic: None) -> None:
     assert not missing, "no data:\n" + "\n".join(missing)
 
 
-def has_data(prometheus: str, q: queries.Query) -> bool:
+def has_data(prometheus: str, q: Query) -> bool:
     """At least one series with a number (NaN: a ratio or quantile of nothing)."""
     return any(not math.isnan(float(s["value"][1])) for s in query(prometheus, q.expr))
 
@@ -268,13 +278,13 @@ def has_data(prometheus: str, q: queries.Query) -> bool:
 def test_the_alert_rules_are_loaded_and_evaluate(prometheus: str, traffic: None) -> None:
     if not ALERT_RULES.is_file():
         pytest.skip(f"no {ALERT_RULES.name} in this checkout")
-    names = {q.title for q in queries.rule_queries("", yaml.safe_load(ALERT_RULES.read_text()))}
+    names = {r.get("alert") or r["record"] for r in rules()}
 
     def evaluated() -> list[dict[str, Any]] | None:
         body = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()
-        rules = [r for g in body["data"]["groups"] for r in g["rules"]]
-        return rules if rules and all(r["health"] != "unknown" for r in rules) else None
+        found = [r for g in body["data"]["groups"] for r in g["rules"]]
+        return found if found and all(r["health"] != "unknown" for r in found) else None
 
-    rules = eventually(evaluated, "every rule evaluated once")
-    assert {r["name"] for r in rules} == names
-    assert not [(r["name"], r.get("lastError")) for r in rules if r["health"] == "err"]
+    loaded = eventually(evaluated, "every rule evaluated once")
+    assert {r["name"] for r in loaded} == names
+    assert not [(r["name"], r.get("lastError")) for r in loaded if r["health"] == "err"]

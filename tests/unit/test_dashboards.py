@@ -197,3 +197,14 @@ def test_the_provisioning_loads_the_generated_files_from_a_prometheus() -> None:
     assert files["type"] == "file"
     assert files["options"]["path"] == "${LIVEALIGN_DASHBOARDS}"
     assert sorted(p.name for p in dashboards.OUT.glob("*.json")) == NAMES
+
+
+def test_titled_queries_find_a_collapsed_rows_panels_and_the_annotations() -> None:
+    board = {
+        "panels": [
+            {"type": "timeseries", "title": "A", "targets": [{"expr": "a"}, {"refId": "B"}]},
+            {"type": "row", "title": "R", "panels": [{"title": "B", "targets": [{"expr": "b"}]}]},
+        ],
+        "annotations": {"list": [{"name": "Grafana"}, {"name": "Rounds", "expr": "r"}]},
+    }
+    assert dashboards.titled_queries(board) == [("A", "a"), ("B", "b"), ("Rounds", "r")]
