@@ -244,6 +244,7 @@ class Settings(BaseSettings):
             registry_dir=self.registry_dir,
             canary_unit=self.canary_unit,
             canary_policy=self.canary_policy(),
+            store_url=self.processor_config(bootstrap).store_url,
         )
 
     def resolved_dtype(self) -> Literal["bfloat16", "float32"]:
