@@ -9,7 +9,7 @@ Where a setting comes from, lowest precedence first:
    (``LIVEALIGN_FUSION_OVERRIDES='{"dwell_half_point_ms": 9000}'``);
 4. explicit arguments: command-line flags, or keyword arguments in code.
 
-A table (``fusion_overrides``, ``record_overrides``, ``trainer_overrides``) is merged key by
+A table (``fusion_overrides``, ``record_overrides``, ``trainer_overrides``, ...) is merged key by
 key across those sources. Every setting has exactly one place: a flat field, or a key of
 one table, never both. A table refuses a key that a flat field owns (the fusion mode is
 ``fusion_mode``; the trainer's schedule is ``trainer_interval_s`` and
@@ -41,7 +41,7 @@ from pydantic_settings import (
 )
 
 from serving.canary.policy import CanaryPolicy
-from serving.config import ControllerConfig, EngineConfig, ServingConfig
+from serving.config import ControllerConfig, EngineConfig, ServingConfig, StatusConfig
 from streaming.fusion import FusionConfig
 from streaming.processor import ProcessorConfig
 from streaming.producer import ProducerConfig
@@ -57,6 +57,7 @@ _OWNED = {
     "fusion_overrides": {"mode": "fusion_mode"},
     "record_overrides": {},
     "canary_overrides": {},
+    "status_overrides": {},
     "trainer_overrides": {
         "interval_s": "trainer_interval_s",
         "min_new_records": "trainer_min_new_records",
@@ -137,6 +138,11 @@ class Settings(BaseSettings):
         description="Any CanaryPolicy field (steps, alpha, margin, guardrails...): a table "
         "[canary_overrides] with steps = [0.1, 0.5, 1.0], say.",
     )
+    status_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any StatusConfig field (the status page at /status): a table "
+        "[status_overrides] with enabled = false, say.",
+    )
     monitoring: bool = Field(
         False, description="Start Prometheus with the stack, scraping every part's metrics."
     )
@@ -182,6 +188,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"{table}: {key!r} is the setting {owned[key]!r}; set that")
         FusionConfig.model_validate({**self.fusion_overrides, "mode": self.fusion_mode})
         RecordConfig.model_validate(self.record_overrides)
+        StatusConfig.model_validate(self.status_overrides)
         self.canary_policy()
         return self
 
@@ -258,6 +265,8 @@ class Settings(BaseSettings):
             canary_unit=self.canary_unit,
             canary_policy=self.canary_policy(),
             metrics_targets_dir=self.targets_dir,
+            store_url=self.processor_config(bootstrap).store_url,
+            status=StatusConfig.model_validate(self.status_overrides),
         )
 
     def resolved_dtype(self) -> Literal["bfloat16", "float32"]:

@@ -1,11 +1,13 @@
 """The Ray Serve application: one ingress deployment wrapping vLLM's AsyncLLM.
 
 Routes: ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
-``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``, and the
-admin API under ``/admin`` (adapter versions, the canary rollout). One method is no
-route: ``sample``, the trainer's sampling path, called through a deployment handle.
-One deployment on purpose: chat, feedback and the producer share a process with the
-engine, so a request costs no extra actor hop (see bench/serving_overhead.py).
+``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``, the status
+page ``GET /status`` with its JSON ``GET /v1/status`` (public, as /metrics is: no user
+content), and the admin API under ``/admin`` (adapter versions, the canary rollout).
+One method is no route: ``sample``, the trainer's sampling path, called through a
+deployment handle. One deployment on purpose: chat, feedback and the producer share a
+process with the engine, so a request costs no extra actor hop (see
+bench/serving_overhead.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
@@ -25,7 +27,7 @@ from ray.serve.deployment import Application
 from starlette.exceptions import HTTPException
 
 from monitoring.targets import Exporter
-from serving import chat, sampling, tokens
+from serving import chat, sampling, status, tokens
 from serving.adapters import AdapterManager
 from serving.canary import assign, commands
 from serving.config import DEPLOYMENT_NAME, ServingConfig
@@ -38,6 +40,8 @@ from serving.openapi import (
     FEEDBACK_BODY,
     FEEDBACK_RESPONSES,
     SET_WEIGHT_BODY,
+    STATUS_PAGE_RESPONSES,
+    STATUS_RESPONSES,
     AdapterRef,
     AdminCredentials,
     AdminKeyHeader,
@@ -54,6 +58,7 @@ from serving.protocol import (
     ModelCard,
     ModelList,
 )
+from serving.status import StatusReport
 from streaming.events import TOPIC_INTERACTIONS, InteractionEvent, new_id, now_ms
 from streaming.producer import EventProducer
 from streaming.spool import SpoolFull
@@ -127,6 +132,7 @@ class ChatServer:
         self.feedback = FeedbackDesk(
             self.producer, self.secret, LIMITS.max_feedback_batch, config.delivery_timeout_s
         )
+        self.board = status.board(config, registry)
         self.exporter = self._export_metrics(config)
 
     @staticmethod
@@ -358,6 +364,19 @@ class ChatServer:
         await self.adapters.sync()
         return commands.status(registry, self.adapters.loaded())
 
+    # --- the status page (serving.status) ---------------------------------------------------
+    @api.get("/status", response_class=HTMLResponse, responses=STATUS_PAGE_RESPONSES)
+    async def status_page(self) -> HTMLResponse:
+        """A page for people without Grafana: what serves, versions over time with their
+        gate metrics and live score, the canary arms, feedback, fusion weights. It
+        fetches ``/v1/status`` again every ``refresh_s``."""
+        return self.board.page()
+
+    @api.get("/v1/status", response_model=StatusReport, responses=STATUS_RESPONSES)
+    async def status_report(self) -> StatusReport:
+        """What the status page shows, as JSON (at most ``cache_s`` old)."""
+        return await self.board.report(self.adapters.loaded())
+
     # --- the rest -----------------------------------------------------------------------
     @api.get("/v1/models", response_model=ModelList)
     async def models(self) -> ModelList:
@@ -399,6 +418,10 @@ class ChatServer:
         producer = getattr(self, "producer", None)
         if producer is not None:
             producer.close()
+        board = getattr(self, "board", None)
+        if board is not None:
+            with contextlib.suppress(Exception):  # at interpreter exit SQLAlchemy may be gone
+                board.sources.close()
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()

@@ -51,6 +51,42 @@ class SamplingLimits(BaseModel):
     )
 
 
+class StatusConfig(BaseModel):
+    """The status page (``GET /status``) and its JSON (``GET /v1/status``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True,
+        description="Serve them. They show no user content (no prompt, answer, user or "
+        "conversation), only the numbers /metrics already exposes and the versions' gate "
+        "metrics, so they are public, like /metrics; off: both answer 404.",
+    )
+    window_s: float = Field(
+        24 * 3600.0, gt=0, description="The chart's span, and the versions' live scores' window."
+    )
+    buckets: int = Field(48, ge=1, le=1000, description="Points of each version's score line.")
+    feedback_window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Feedback rates are over the answers created this long ago or less "
+        "whose feedback window has closed.",
+    )
+    max_versions: int = Field(12, ge=1, description="The newest versions shown.")
+    max_rounds: int = Field(10, ge=0, description="The latest training rounds shown.")
+    max_events: int = Field(40, ge=0, description="The latest registry changes shown.")
+    cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="One assembled status is answered for this long, however many pages "
+        "poll: the store reads it costs do not grow with the viewers.",
+    )
+    refresh_s: float = Field(10.0, gt=0, description="How often the page fetches it again.")
+    timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for one assembly (a slow store): then a 503."
+    )
+
+
 class ServingConfig(BaseModel):
     engine: EngineConfig
     producer: ProducerConfig = Field(default_factory=ProducerConfig)
@@ -78,6 +114,10 @@ class ServingConfig(BaseModel):
     )
     drain_timeout_s: float = Field(300.0, description="Longest wait for in-flight requests.")
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
+    store_url: str | None = Field(
+        None, description="The preference store, read by the status page; none: not shown."
+    )
+    status: StatusConfig = Field(default_factory=StatusConfig, description="The status page.")
     sampling: SamplingLimits = Field(
         default_factory=SamplingLimits, description="Bounds of the trainer's sampling path."
     )

@@ -130,6 +130,20 @@ FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
+# Stated as JSON: the page's route answers HTML, its errors are this API's JSON ones.
+STATUS_OFF = {
+    "description": "The status page is off (status.enabled).",
+    "content": {"application/json": {"schema": ref(ErrorResponse)}},
+}
+STATUS_PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {404: STATUS_OFF}
+STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: STATUS_OFF,
+    503: {
+        "model": ErrorResponse,
+        "description": "Not read in time (a slow preference store): try again later.",
+    },
+}
+
 ADMIN_BEARER = HTTPBearer(
     auto_error=False,  # its own 401/403 would not be in this API's error shape
     scheme_name="AdminKey",

@@ -204,6 +204,10 @@ class Processor:
         everything = not self._fuser_saved
         base, changed, forgotten = self.fuser.state_changes(everything)
         self.store.save_fuser(tx, base, changed, forgotten, everything)
+        # The weights too, as fused with: readers (the status page) need neither this
+        # process nor its fusion config to show them.
+        weights = {"updated_ms": now_ms(), "weights": self.fuser.weights()}
+        self.store.save_state(tx, s.FUSION_WEIGHTS, weights)
         self._fuser_saved = True
 
     # --- the loop -------------------------------------------------------------------------

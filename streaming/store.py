@@ -37,6 +37,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -161,6 +162,9 @@ raters = Table(
     Column("value", JSON, nullable=False),
 )  # fmt: skip
 FUSER = "fuser"
+# The fusion weights the processor fuses with now ({"updated_ms", "weights"}), saved with
+# its state: what the status page shows, read without knowing the processor's config.
+FUSION_WEIGHTS = "fusion_weights"
 
 
 # A row for ``write``: one value per column, in the table's column order, JSON columns as
@@ -517,6 +521,50 @@ class PreferenceStore:
         stmt = select(first.c.arm, func.count()).where(first.c.t > since_ms).group_by(first.c.arm)
         with self.engine.connect() as conn:
             return {str(arm): int(n) for arm, n in conn.execute(stmt)}
+
+    # --- the status page's questions (read-only, each bounded by an index) ---------------
+    def score_buckets(
+        self, adapters: Sequence[str], since_ms: int, bucket_ms: int
+    ) -> list[tuple[str, int, int, float]]:
+        """(adapter, bucket, answers, mean score) of the settled, scored answers of these
+        adapters created after ``since_ms``; bucket ``i`` holds those created in
+        ``(since_ms + i * bucket_ms, since_ms + (i + 1) * bucket_ms]`` (about). Naming the
+        adapters lets the (adapter, created_ms) index bound the rows read."""
+        if not adapters:
+            return []
+        bucket = ((outcomes.c.created_ms - since_ms) // bucket_ms).label("bucket")
+        stmt = (
+            select(outcomes.c.adapter, bucket, func.count(), func.avg(outcomes.c.score))
+            .where(
+                outcomes.c.adapter.in_(list(adapters)),
+                outcomes.c.created_ms > since_ms,
+                outcomes.c.score.is_not(None),
+            )
+            .group_by(outcomes.c.adapter, bucket)
+        )
+        with self.engine.connect() as conn:
+            return [(str(a), int(b), int(n), float(mean)) for a, b, n, mean in conn.execute(stmt)]
+
+    def feedback_on_settled(self, since_ms: int) -> tuple[int, dict[str, int]]:
+        """The answers created after ``since_ms`` whose feedback window has closed, and the
+        feedback events joined to them, by kind (duplicates, rate-limited and invalid
+        events are not joined, so not counted)."""
+        settled = and_(interactions.c.calibrated == true(), interactions.c.created_ms > since_ms)
+        answers = select(func.count()).select_from(interactions).where(settled)
+        joined = interactions.join(feedback, feedback.c.response_id == interactions.c.response_id)
+        by_kind = (
+            select(feedback.c.kind, func.count())
+            .select_from(joined)
+            .where(settled, feedback.c.status == "joined")
+            .group_by(feedback.c.kind)
+        )
+        with self.engine.connect() as conn:
+            n = int(conn.scalar(answers) or 0)
+            return n, {str(kind): int(count) for kind, count in conn.execute(by_kind)}
+
+    def fusion_weights(self) -> dict[str, Any] | None:
+        """What the processor last saved under ``FUSION_WEIGHTS`` (None: not yet)."""
+        return self.load_state(FUSION_WEIGHTS)
 
     # --- the trainer's questions ----------------------------------------------------------
     def records_since(

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Every round's report, one JSON line each, in the registry folder (the status page reads
+# its tail).
+ROUNDS_LOG = "rounds.jsonl"
+
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training round. Defaults suit SmolLM2-135M on a few CPU cores."""

@@ -29,7 +29,7 @@ from monitoring import metrics as m
 from streaming.events import BASE_ADAPTER, ChatMessage, PreferenceLabel, PreferencePair, now_ms
 from streaming.store import PreferenceStore
 from trainer import memory
-from trainer.config import TrainerConfig
+from trainer.config import ROUNDS_LOG, TrainerConfig
 from trainer.gate import evaluate
 from trainer.registry import DataWindow, Registry
 from trainer.teacher import Lesson, Sampler, TeacherReport, cut_ids, teach
@@ -240,7 +240,7 @@ class Trainer:
                 m.TRAINER_RSS.labels(when).set(value)
 
     def _log(self, report: RoundReport) -> None:
-        path = self.config.registry_dir / "rounds.jsonl"
+        path = self.config.registry_dir / ROUNDS_LOG
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(asdict(report)) + "\n")

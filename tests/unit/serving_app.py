@@ -1,8 +1,8 @@
 """The real ASGI app of ``serving.app`` with its routes answered by a ChatServer built on
 fakes: an engine that renders one token per word and answers "hello there", a producer that
-acknowledges at once, a registry in a temporary folder. No Ray, no vLLM engine, no broker:
-what is tested is everything between the socket and the engine (middleware, validation,
-routes, error rendering, the OpenAPI document).
+acknowledges at once, a registry and a preference store in a temporary folder. No Ray, no
+vLLM engine, no broker: what is tested is everything between the socket and the engine
+(middleware, validation, routes, error rendering, the OpenAPI document).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pydantic import SecretStr
 
 from serving import app as serving_app
 from serving.adapters import AdapterManager
-from serving.config import EngineConfig, ServingConfig
+from serving.config import EngineConfig, ServingConfig, StatusConfig
 from serving.feedback import FeedbackDesk
 from serving.limits import LIMITS
+from serving.status import board as status_board
 from streaming.producer import ProducerConfig
 from trainer.registry import Registry
 
@@ -93,8 +94,11 @@ def _servable_dependency() -> Callable[[], Any]:
     return dependency
 
 
-def make_server(tmp_path: Path) -> Any:
-    """A ChatServer, its attributes set as its __init__ would, on the fakes."""
+def make_server(tmp_path: Path, status: StatusConfig | None = None) -> Any:
+    """A ChatServer, its attributes set as its __init__ would, on the fakes (the status
+    page reads the registry and a SQLite store in ``tmp_path``)."""
+    status = status or StatusConfig()
+    registry = Registry(tmp_path / "registry")
     model_dir = tmp_path / "model"
     model_dir.mkdir(exist_ok=True)
     (model_dir / "config.json").write_text("{}")
@@ -105,23 +109,26 @@ def make_server(tmp_path: Path) -> Any:
         feedback_secret=SecretStr(SECRET.decode()),
         user_hash_salt=SecretStr("salt"),
         admin_key=SecretStr(ADMIN_KEY),
-        registry_dir=tmp_path / "registry",
+        registry_dir=registry.root,
+        store_url=f"sqlite:///{tmp_path / 'preferences.sqlite'}",
+        status=status,
     )
     server = object.__new__(_class_route_endpoint()._serve_cls)  # ChatServer's own class
     server.config = config
     server.engine = FakeEngine(model_dir)
     server.secret = SECRET
     server.salt = b"salt"
-    server.adapters = AdapterManager(server.engine, Registry(config.registry_dir), server.salt)
+    server.adapters = AdapterManager(server.engine, registry, server.salt)
     server.producer = FakeProducer()
     server.feedback = FeedbackDesk(server.producer, SECRET, LIMITS.max_feedback_batch, 1.0)
+    server.board = status_board(config, registry)
     return server
 
 
 @contextmanager
-def serving(tmp_path: Path) -> Iterator[Any]:
+def serving(tmp_path: Path, status: StatusConfig | None = None) -> Iterator[Any]:
     """``serving.app.api`` answering with a fake ChatServer (yielded) while inside."""
-    server = make_server(tmp_path)
+    server = make_server(tmp_path, status)
     overrides = serving_app.api.dependency_overrides
     key = _servable_dependency()
     overrides[key] = lambda: server

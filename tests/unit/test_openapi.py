@@ -71,6 +71,14 @@ def test_every_route_is_documented_with_its_error_statuses(doc: dict[str, Any]) 
     ]
     assert {"202", "400", "403", "413", "422", "503"} <= documented[("POST", "/v1/feedback")]
     assert "400" in documented[("POST", "/admin/adapters/{ref}/{action}")]
+    assert documented[("GET", "/status")] == {"200", "404"}
+    assert documented[("GET", "/v1/status")] == {"200", "404", "503"}
+    page = doc["paths"]["/status"]["get"]["responses"]["200"]
+    assert set(page["content"]) == {"text/html"}  # the page; its errors are JSON (below)
+    status = doc["paths"]["/v1/status"]["get"]["responses"]["200"]
+    assert status["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StatusReport"
+    }
     # Invalid parameters are OpenAI's 400 here, not FastAPI's 422 with its own body.
     assert "HTTPValidationError" not in doc["components"]["schemas"]
 

@@ -451,3 +451,20 @@ def test_joined_feedback_is_counted_by_kind_and_the_arm_that_answered(tmp_path: 
     assert {arm for _, _, arm in added} == {"stable"}
     assert {kind for kind, _, _ in added} <= {k.value for k in FeedbackKind}
     assert len({kind for kind, _, _ in added}) > 3
+
+
+def test_the_weights_it_fuses_with_are_saved_for_readers(
+    batches: list[list[Rec]], tmp_path: Path
+) -> None:
+    """The status page reads them from the store: after a batch, and after the windows
+    close and calibrate the implicit weights, they are the fuser's own."""
+    processor = Processor(config(tmp_path, "weights"))
+    defaults = processor.fuser.weights()
+    processor.process(list(batches[0]))
+    assert processor.store.fusion_weights()["weights"] == defaults  # type: ignore[index]
+    for batch in batches[1:]:
+        processor.process(list(batch))
+    processor.housekeeping(now=LATER)
+    saved = processor.store.fusion_weights()
+    assert saved is not None
+    assert saved["weights"] == processor.fuser.weights() != defaults

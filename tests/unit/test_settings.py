@@ -82,6 +82,11 @@ def test_overrides_reach_the_parts_and_misspellings_fail(tmp_path: Path) -> None
         Settings(home=tmp_path, record_overrides={"pair_margn": 0.2})
     with pytest.raises(ValueError, match="alpah"):
         Settings(home=tmp_path, canary_overrides={"alpah": 0.1})
+    with pytest.raises(ValueError, match="enabeld"):
+        Settings(home=tmp_path, status_overrides={"enabeld": False})
+    off = Settings(home=tmp_path, status_overrides={"enabled": False, "refresh_s": 30})
+    status = off.serving_config(tmp_path, BOOTSTRAP).status
+    assert (status.enabled, status.refresh_s, status.cache_s) == (False, 30, 5.0)
     canary = Settings(home=tmp_path, canary_overrides={"alpha": 0.01})
     assert canary.controller_config(BOOTSTRAP).policy.alpha == 0.01
     assert canary.serving_config(tmp_path, BOOTSTRAP).canary_policy.alpha == 0.01

@@ -15,6 +15,7 @@ from pathlib import Path
 
 LOCK = ".lock"
 CHUNK = 1 << 20
+TAIL_BLOCK = 1 << 16
 
 
 def sha256_file(path: Path) -> str:
@@ -24,6 +25,26 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def last_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` non-empty lines of a text file, oldest first, read from its end (an
+    append-only log grows without bound: its start is never read for its tail)."""
+    if n <= 0:
+        return []
+    with Path(path).open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data, start = b"", end
+        # One newline more than lines wanted: the first line read may be cut in two.
+        while start > 0 and data.count(b"\n") <= n:
+            step = min(TAIL_BLOCK, start)
+            start -= step
+            f.seek(start)
+            data = f.read(step) + data
+    lines = data.splitlines()
+    if start > 0:
+        lines = lines[1:]  # began mid-line
+    return [line.decode() for line in lines if line.strip()][-n:]
 
 
 def fsync_dir(path: Path) -> None:

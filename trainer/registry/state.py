@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from trainer.registry.errors import RegistryError, describe_invalid
-from trainer.registry.files import fsync_dir, locked, write_durably
+from trainer.registry.files import fsync_dir, last_lines, locked, write_durably
 from trainer.registry.versions import Manifest
 
 log = logging.getLogger(__package__)  # "trainer.registry": one logger for the whole package
@@ -188,8 +188,8 @@ class StateMixin(ABC):
         path = self.root / DECISIONS
         if not path.is_file():
             return []
-        lines = path.read_text().splitlines()
-        return [json.loads(line) for line in (lines[-last:] if last else lines) if line]
+        lines = last_lines(path, last) if last else path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line]
 
     @staticmethod
     def _subject(
