@@ -78,6 +78,15 @@ PRODUCER_REPLAYED = Counter(
 SPOOL_DEPTH = Gauge("livealign_producer_spool_depth", "Events waiting in the disk spool.")
 SPOOL_BYTES = Gauge("livealign_producer_spool_bytes", "Bytes waiting in the disk spool.")
 PRODUCER_QUEUE = Gauge("livealign_producer_queue_depth", "Events waiting in memory to be sent.")
+SPOOL_CAPACITY = Gauge(
+    "livealign_producer_spool_capacity_bytes",
+    "Bytes the disk spool may hold before it refuses events (its bound).",
+)
+PRODUCER_ACKED_TS = Gauge(
+    "livealign_producer_acked_timestamp_seconds",
+    "Kafka timestamp of the newest event the broker acknowledged, by topic.",
+    ["topic"],
+)
 
 # --- stream processor ------------------------------------------------------------------
 PROC_CONSUMED = Counter(
@@ -118,6 +127,12 @@ FUSION_WEIGHT = Gauge(
     "livealign_fusion_weight",
     "Current fusion weight of each signal in each scenario.",
     ["scenario", "signal"],
+)
+PROC_CONSUMED_TS = Gauge(
+    "livealign_processor_consumed_timestamp_seconds",
+    "Kafka timestamp of the newest record processed and committed, by topic (the "
+    "producer's acknowledged timestamp minus this: how far behind the processor is).",
+    ["topic"],
 )
 
 # --- adapters --------------------------------------------------------------------------
@@ -164,6 +179,14 @@ GATE_METRIC = Gauge(
     "Gate metrics of the latest candidate (pref_accuracy, win_rate, ...).",
     ["candidate", "metric"],
 )
+CONSECUTIVE_REJECTIONS = Gauge(
+    "livealign_trainer_consecutive_rejections",
+    "Rounds in a row whose candidate the gate rejected (skipped rounds do not count).",
+)
+CONSECUTIVE_FAILURES = Gauge(
+    "livealign_trainer_consecutive_failures",
+    "Rounds in a row that failed with an error (skipped rounds do not count).",
+)
 
 # --- canary controller ---------------------------------------------------------------
 CANARY_DECISIONS = Counter(
@@ -185,4 +208,9 @@ CANARY_DIFFERENCE = Gauge(
     "livealign_canary_score_difference",
     "Canary minus stable mean fused score: the estimate and its anytime-valid bounds.",
     ["adapter", "bound"],
+)
+CANARY_STEP_STARTED = Gauge(
+    "livealign_canary_step_started_timestamp_seconds",
+    "Unix time the current step of the canary's rollout began (the canary on trial only).",
+    ["adapter"],
 )

@@ -80,6 +80,9 @@ class AdapterManager:
             (Path(engine.config.model_path) / "config.json").read_text()
         )
         _routed(self.stable, True)
+        # At 0 from the start: increase() misses a first refusal whose series appears at 1.
+        for result in ("ok", "refused"):
+            m.ADAPTER_SWAPS.labels(result)
 
     # --- routing ----------------------------------------------------------------------
     def route(self, key: str, pin: str | None = None) -> tuple[Route, Slot]:

@@ -179,6 +179,12 @@ class Processor:
         self._joined: Lru[str, list[Joined]] = Lru(config.cache_responses)
         self._labels: Lru[str, ConversationLabels] = Lru(config.cache_conversations)
         self._pending: Lru[str, WireFeedback] = Lru(config.cache_responses)  # by event id
+        self._consumed_ms: dict[str, int] = {}  # per topic: the newest record processed
+        # The series the alerts read exist from the start, at 0: Prometheus's increase()
+        # misses a counter's first step when its series appears already at that value.
+        for reason in DROP_REASONS:
+            m.PROC_DROPS.labels(reason)
+        m.PROC_RECORDS.labels("label", "fused")
 
     def forget(self) -> None:
         """Drop the caches: the store may hold what they do not (another instance wrote
@@ -235,6 +241,7 @@ class Processor:
                     out = self.process(records)  # the store transaction has committed
                     checkpoint.commit(out)  # then publish, flush, offsets
                     self._report_lag(consumer, polled)
+                    self._report_progress(polled)
                 if settled := self.housekeeping():
                     checkpoint.publish(settled)
         finally:
@@ -262,6 +269,17 @@ class Processor:
             high = consumer.highwater(tp)
             if high is not None and batch:
                 m.PROC_LAG.labels(tp.topic, str(tp.partition)).set(high - batch[-1].offset - 1)
+
+    def _report_progress(self, polled: dict[TopicPartition, Any]) -> None:
+        """The newest Kafka timestamp processed, by topic, once its batch is committed.
+        Against the producer's newest acknowledged one it is the processor's lag in
+        seconds, which keeps growing while the processor is stuck or gone (the record lag
+        above stands still then: only a fetch updates it)."""
+        for tp, batch in polled.items():
+            newest = max((r.timestamp for r in batch), default=0)
+            if newest > self._consumed_ms.get(tp.topic, 0):
+                self._consumed_ms[tp.topic] = newest
+                m.PROC_CONSUMED_TS.labels(tp.topic).set(newest / 1000)
 
     # --- one batch ----------------------------------------------------------------------
     def process(self, records: list[Any]) -> list[Record]:
@@ -600,6 +618,10 @@ _DECODED = ("edit", "thumb", "rating")  # kinds whose stored event the records n
 # through pydantic-core or json, and the hot path does it for every joined event.
 _SIGNAL_ENCODER = msgspec.json.Encoder()
 _SIGNAL_DECODER = msgspec.json.Decoder(Signal)
+
+
+# Every reason an event is dropped for (livealign_processor_drops_total's label).
+DROP_REASONS = ("invalid", "duplicate", "rate_limited", "uninterpretable")
 
 
 def _count(counter: Any, label: str, n: int) -> None:

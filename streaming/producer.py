@@ -65,6 +65,8 @@ class EventProducer:
         self._backoff = 0.0
         self._next_try = 0.0
         self._thread = threading.Thread(target=self._run, name="livealign-producer", daemon=True)
+        self._acked_ms: dict[str, int] = {}  # per topic: the newest acknowledged timestamp
+        m.SPOOL_CAPACITY.set(config.spool_max_bytes)
         self._update_gauges()
 
     # --- public ---------------------------------------------------------------------
@@ -126,13 +128,23 @@ class EventProducer:
         except Exception as exc:  # KafkaTimeoutError when metadata is unavailable
             self._on_error(item, exc)
             return
-        fut.add_callback(lambda _md: self._on_sent(item))
+        fut.add_callback(lambda md: self._on_sent(item, md))
         fut.add_errback(lambda exc: self._on_error(item, exc))
 
-    def _on_sent(self, item: _Item) -> None:
+    def _on_sent(self, item: _Item, metadata: Any) -> None:
         m.PRODUCER_SENT.labels(item.topic).inc()
+        self._acked(item.topic, metadata)
         if not item.future.done():
             item.future.set_result("sent")
+
+    def _acked(self, topic: str, metadata: Any) -> None:
+        """The newest Kafka timestamp acknowledged on ``topic``: the stream processor's
+        newest processed one is compared with it (its lag in seconds, which an alert
+        watches). The record's own timestamp on both sides: no two clocks are compared."""
+        ts = getattr(metadata, "timestamp", None)
+        if isinstance(ts, int) and ts > self._acked_ms.get(topic, 0):
+            self._acked_ms[topic] = ts
+            m.PRODUCER_ACKED_TS.labels(topic).set(ts / 1000)
 
     def _on_error(self, item: _Item, exc: BaseException) -> None:
         m.PRODUCER_FAILURES.labels(item.topic).inc()
@@ -165,7 +177,7 @@ class EventProducer:
             futures = [(r, self._send(r.topic, r.key, r.value)) for r in batch]
             timeout = self.config.delivery_timeout_ms / 1000 + 1
             for record, fut in futures:
-                fut.get(timeout=timeout)
+                self._acked(record.topic, fut.get(timeout=timeout))
                 delivered.append(record)
         except Exception as exc:
             log.warning("spool replay stopped after %d events: %s", len(delivered), exc)

@@ -15,6 +15,7 @@ data window starts where the stable version's ended and so covers the trial's fe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -53,6 +54,37 @@ class RoundReport:
     teacher: TeacherReport | None = None  # what the reward model taught (None: not reached)
 
 
+@dataclass
+class Streaks:
+    """How many rounds in a row the gate rejected, and how many failed: what the trainer's
+    alerts watch. A skipped round (too few records, a canary on trial) tried nothing, so
+    it neither extends a streak nor breaks one."""
+
+    rejected: int = 0
+    failed: int = 0
+
+    def after(self, outcome: str) -> None:
+        if outcome == "skipped":
+            return
+        self.rejected = self.rejected + 1 if outcome == "rejected" else 0
+        self.failed = self.failed + 1 if outcome == "failed" else 0
+
+    @classmethod
+    def from_log(cls, path: Path) -> Streaks:
+        """The streaks as the rounds log leaves them, so a restarted trainer still counts
+        the rounds before it (a line cut short by a crash is left out)."""
+        streaks = cls()
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    streaks.after(json.loads(line)["outcome"])
+        return streaks
+
+    def export(self) -> None:
+        m.CONSECUTIVE_REJECTIONS.set(self.rejected)
+        m.CONSECUTIVE_FAILURES.set(self.failed)
+
+
 def _held_out(key: str, fraction: float) -> bool:
     """Deterministic split: a record stays on the same side in every round."""
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
@@ -64,6 +96,12 @@ class Trainer:
         self.sampler = sampler  # serving's sampling path; None (offline): no teacher
         self.registry = Registry(config.registry_dir)
         self.store = PreferenceStore(config.store_url)
+        self.streaks = Streaks.from_log(self.rounds_log)
+        self.streaks.export()
+
+    @property
+    def rounds_log(self) -> Path:
+        return self.config.registry_dir / ROUNDS_LOG
 
     # --- data ------------------------------------------------------------------------
     def window_start(self) -> int:
@@ -106,6 +144,8 @@ class Trainer:
             log.exception("training round failed")
         self._memory(report)
         m.ROUNDS.labels(report.outcome).inc()
+        self.streaks.after(report.outcome)
+        self.streaks.export()
         self._log(report)
         return report
 
@@ -240,7 +280,7 @@ class Trainer:
                 m.TRAINER_RSS.labels(when).set(value)
 
     def _log(self, report: RoundReport) -> None:
-        path = self.config.registry_dir / ROUNDS_LOG
+        path = self.rounds_log
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(asdict(report)) + "\n")

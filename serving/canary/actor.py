@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from monitoring import metrics as m
 from serving.canary import rollout
-from serving.canary.controller import Decision, decide
+from serving.canary.controller import ROLLBACK_REASONS, Action, Decision, decide
 from serving.canary.outcomes import CANARY, STABLE, summarize
 from serving.config import ControllerConfig
 from streaming.events import BASE_ADAPTER, TOPIC_DECISIONS, now_ms
@@ -54,6 +54,9 @@ class CanaryController:
         """One interval; the decision taken, or None when no canary is on trial."""
         now = now or now_ms()
         state = self.registry.state()
+        # Only the canary on trial has a step start: one dropped meanwhile (by an operator,
+        # or a decision) must not look like a rollout stuck at its step.
+        m.CANARY_STEP_STARTED.clear()
         if state.canary is None:
             return None
         if state.rollout is None:  # just published: its trial begins
@@ -72,6 +75,10 @@ class CanaryController:
             self.store.conversations_by_arm(trial.step_started_ms),
         )
         decision = decide(self.policy, rollout.controller_state(trial), arms, now / 1000)
+        if not decision.final:  # a promotion starts the next step now
+            promoted = decision.action is Action.PROMOTE
+            started = decision.at if promoted else trial.step_started_ms / 1000
+            m.CANARY_STEP_STARTED.labels(canary).set(started)
         self._record(decision, canary, stable, now)
         for arm, summary in ((CANARY, arms.canary), (STABLE, arms.stable)):
             m.CANARY_SCORE.labels(canary, arm).set(summary.scores.mean)
@@ -97,6 +104,8 @@ class CanaryController:
 
     def _export(self, decision: Decision, canary: str) -> None:
         stats = decision.stats
+        for reason in ROLLBACK_REASONS:  # at 0 first: increase() then sees a rollback's 1
+            m.CANARY_DECISIONS.labels(canary, Action.ROLLBACK, reason)
         m.CANARY_DECISIONS.labels(canary, decision.action, decision.reason).inc()
         m.CANARY_SETTLED.labels(canary, CANARY).set(stats.n_canary)
         m.CANARY_SETTLED.labels(canary, STABLE).set(stats.n_stable)

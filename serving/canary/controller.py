@@ -55,6 +55,11 @@ class Reason(StrEnum):
     NON_INFERIOR = "non_inferior"
 
 
+# The reasons a rollout can be rolled back for (rules 2, 4 and 6 below): the metrics
+# export these series at 0 while a canary is on trial, so a rollback's first count shows.
+ROLLBACK_REASONS = (Reason.GUARDRAIL_SEVERE, Reason.HARM, Reason.MAX_DURATION)
+
+
 @dataclass(frozen=True, slots=True)
 class ArmSummary:
     """What one arm did. Counts run since the rollout started, except ``conversations``.
