@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import threading
 import time
@@ -34,24 +33,40 @@ def up(
         bool | None, typer.Option("--monitoring/--no-monitoring", help="Start Prometheus too.")
     ] = None,
     config: ConfigOpt = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Show every log line here (Ray Serve's access log, the Kafka clients', "
+            "vLLM's, ...), not only each part starting, warnings, errors, training rounds "
+            "and canary decisions. The log files get every line either way.",
+        ),
+    ] = False,
 ) -> None:
     """Start broker, Ray and the serving app; stop them all on Ctrl-C."""
     from livealign.stack import LocalStack
+    from monitoring import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.load(
         config, kafka=kafka, model=model, port=port, home=home, monitoring=monitoring
     )
+    logs.setup(settings.home / "livealign.log", quiet=not verbose)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalStack(settings) as stack:
+    stack = LocalStack(settings, quiet=not verbose)
+    processor_log = logs.LogFollower(stack.processor_log)  # from its end: this run's lines
+    shown = logs.WorkerLines()
+    with stack:
         typer.echo(f"\nLiveAlign is up: {stack.url}/v1  (OpenAPI: {stack.url}/docs)")
         if stack.prometheus is not None:
             typer.echo(f"Prometheus: {stack.prometheus.url}  (targets: {settings.targets_dir})")
         typer.echo(f"Kafka: {stack.bootstrap}   Ctrl-C stops everything.\n")
         while not stop.wait(5.0):
             stack.supervise()
+            lines = processor_log.new_lines()
+            for line in lines if verbose else shown.keep("processor", lines):
+                typer.echo(f"(processor) {line}", err=True)
         typer.echo("shutting down...")
 
 
@@ -73,9 +88,10 @@ def processor(
     not given as flags come from the environment (LIVEALIGN_*) and the --config file."""
     from prometheus_client import start_http_server
 
+    from monitoring import logs
     from streaming.processor import Processor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup()
     settings = Settings.load(
         config, kafka=kafka, store_url=store, fusion_mode=fusion_mode, home=home
     )
@@ -219,8 +235,9 @@ def prepare(
 ) -> None:
     """Convert the packaged model into the local cache (``up`` does this too)."""
     from livealign.stack import resolve_model
+    from monitoring import logs
 
-    logging.basicConfig(level=logging.INFO)
+    logs.setup()
     typer.echo(resolve_model(Settings.load(config, model=model)))
 
 

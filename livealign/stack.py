@@ -21,7 +21,7 @@ import httpx
 
 from livealign.config import Settings
 from livealign.models import prepare_smollm2, prepare_tiny
-from monitoring import targets
+from monitoring import logs, targets
 from monitoring.prometheus import PrometheusServer, shipped_rules
 from streaming.broker import EmbeddedBroker, free_port
 from streaming.topics import ensure_topics
@@ -46,8 +46,9 @@ def resolve_model(settings: Settings) -> Path:
 
 
 class LocalStack:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, quiet: bool = False) -> None:
         self.settings = settings
+        self.quiet = quiet  # the workers' output on the terminal: only what monitoring.logs keeps
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = settings.kafka or ""
         self._ray_started = False
@@ -81,6 +82,7 @@ class LocalStack:
         if s.kafka is None:
             self.broker = EmbeddedBroker(s.broker_port, log_path=s.home / "broker.log").start()
             self.bootstrap = self.broker.bootstrap
+            log.info("broker started at %s (log: %s)", self.bootstrap, self.broker.log_path)
         ensure_topics(self.bootstrap, s.partitions)
         if s.processor:
             self.start_processor()
@@ -91,6 +93,7 @@ class LocalStack:
 
         from serving.app import build_app
 
+        logs.adopt("ray.serve")  # its lines to our handlers (the log file; the terminal's filter)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
             num_cpus=s.ray_num_cpus,
@@ -99,15 +102,18 @@ class LocalStack:
             logging_level=logging.WARNING,
         )
         self._ray_started = True
+        if self.quiet and not logs.quiet_worker_output():
+            log.warning("this Ray version's worker output cannot be filtered: all of it shows")
+        log.info("Ray started (%d CPUs)", s.ray_num_cpus)
         serve.start(http_options={"host": s.host, "port": s.port})
         config = s.serving_config(model_path, self.bootstrap)
         serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
         self._wait_ready(timeout)
+        log.info("serving %s at %s/v1 (Kafka %s)", model_path.name, self.url, self.bootstrap)
         if s.canary:
             self.start_canary()
         if s.trainer:
             self.start_trainer(model_path)
-        log.info("serving %s at %s/v1 (Kafka %s)", model_path.name, self.url, self.bootstrap)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -129,6 +135,7 @@ class LocalStack:
             s.prometheus_dir, s.targets_dir, s.prometheus_port or free_port(),
             s.scrape_interval_s, shipped_rules(),
         ).start()  # fmt: skip
+        log.info("Prometheus started at %s", self.prometheus.url)
 
     def start_trainer(self, model_path: Path, config: TrainerConfig | None = None) -> None:
         """The trainer Ray actor, looping until stop(): rounds on schedule or on data. Its
@@ -143,6 +150,7 @@ class LocalStack:
         self.trainer = TrainerActor.remote(config, self.trainer_metrics_port, sampler)  # type: ignore[attr-defined]
         self.trainer.loop.remote()
         targets.register(self.settings.targets_dir, "trainer", "0", self.trainer_metrics_port)
+        log.info("trainer started")
 
     def start_canary(self) -> None:
         """The canary controller Ray actor: judges each new version on live feedback."""
@@ -153,6 +161,7 @@ class LocalStack:
         self.canary = CanaryActor.remote(config, self.canary_metrics_port)  # type: ignore[attr-defined]
         self.canary.loop.remote()
         targets.register(self.settings.targets_dir, "canary", "0", self.canary_metrics_port)
+        log.info("canary controller started")
 
     def start_processor(self) -> None:
         """The stream processor runs in its own process, as it would in a cluster."""
@@ -162,10 +171,15 @@ class LocalStack:
                "--metrics-port", str(self.processor_metrics_port)]  # fmt: skip
         # Its settings through one channel, the one any deployment uses: the environment.
         env = {**os.environ, **s.to_env(kafka=self.bootstrap, home=str(s.home.resolve()))}
-        out = open(s.home / "processor.log", "ab")  # noqa: SIM115 (the child keeps it)
+        out = open(self.processor_log, "ab")  # noqa: SIM115 (the child keeps it)
         self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
         targets.register(s.targets_dir, "processor", "0", self.processor_metrics_port)
+        log.info("stream processor started (log: %s)", self.processor_log)
+
+    @property
+    def processor_log(self) -> Path:
+        return self.settings.home / "processor.log"
 
     def supervise(self) -> None:
         """Restart the processor if it died (it resumes from its committed offsets)."""
@@ -173,7 +187,7 @@ class LocalStack:
             log.error(
                 "processor exited with %s; restarting (see %s)",
                 self.processor.returncode,
-                self.settings.home / "processor.log",
+                self.processor_log,
             )
             self.start_processor()
 

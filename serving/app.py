@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from starlette.exceptions import HTTPException
 
+from monitoring import logs
 from monitoring.targets import Exporter
 from serving import chat, sampling, status, tokens
 from serving.adapters import AdapterManager
@@ -116,7 +117,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 @serve.ingress(api)
 class ChatServer:
     async def __init__(self, config: ServingConfig) -> None:  # type: ignore[misc]  # Ray Serve awaits it
-        logging.basicConfig(level=logging.INFO)
+        logs.setup()
         self.config = config
         self.engine = Engine(config.engine)
         self.secret = config.feedback_secret.get_secret_value().encode()

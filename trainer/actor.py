@@ -15,6 +15,7 @@ from typing import Any
 import ray
 from prometheus_client import start_http_server
 
+from monitoring import logs
 from trainer.round import Trainer, TrainerConfig
 from trainer.teacher import Sampler
 
@@ -26,7 +27,7 @@ class TrainerActor:
     def __init__(
         self, config: TrainerConfig, metrics_port: int = 0, sampler: Sampler | None = None
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logs.setup()
         # sampler: the serving deployment's sampling path, for the teacher; None: no teacher.
         self.trainer = Trainer(config, sampler)
         self.config = config

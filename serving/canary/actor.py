@@ -23,6 +23,7 @@ import ray
 from kafka import KafkaProducer
 from prometheus_client import start_http_server
 
+from monitoring import logs
 from monitoring import metrics as m
 from serving.canary import rollout
 from serving.canary.controller import ROLLBACK_REASONS, Action, Decision, decide
@@ -127,7 +128,7 @@ class CanaryActor:
     """``loop()`` runs until ``stop()`` (two concurrent calls: stop while it waits)."""
 
     def __init__(self, config: ControllerConfig, metrics_port: int = 0) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logs.setup()
         self.controller = CanaryController(config)
         self._stop = threading.Event()
         if metrics_port:
