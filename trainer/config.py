@@ -65,17 +65,6 @@ class TrainConfig(BaseModel):
         description="Weight of the SFT (NLL on the chosen answer) term added to the DPO sigmoid "
         "loss; it keeps answers fluent. 0 gives plain DPO.",
     )
-    dpo_contrast: bool = Field(
-        False,
-        description="DPO counts only the tokens where the chosen and the rejected answer "
-        "differ (trainer.contrast): an edit's own span, not the text the two share.",
-    )
-    contrast_min_shared: int = Field(
-        4,
-        ge=1,
-        description="With `dpo_contrast`, shared runs of at least this many tokens are left "
-        "out of the loss; shorter ones (chance matches between unrelated answers) stay in.",
-    )
     kto_lr: float = Field(
         1e-4,
         ge=0,

@@ -33,7 +33,6 @@ from transformers import (
 
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TrainConfig
-from trainer.contrast import ContrastCollator, add_contrast
 from trainer.schedule import plan
 
 __all__ = [
@@ -202,9 +201,7 @@ def _keep_prompt_end(example: dict[str, Any], limit: int) -> dict[str, Any]:
     return example
 
 
-def _prepared(
-    trainer_cls: Any, ends: dict[str, str], config: TrainConfig, contrast: bool = False
-) -> Any:
+def _prepared(trainer_cls: Any, ends: dict[str, str], config: TrainConfig) -> Any:
     """`trainer_cls` (a TRL trainer) with LiveAlign's data preparation on top of TRL's own
     tokenization: long prompts cut from the left, and cut-off answers reopened.
 
@@ -216,10 +213,7 @@ def _prepared(
     the model learns are the ones it made itself.
 
     The resampled dataset repeats records (weights, several passes); with precomputed
-    reference log-probabilities each distinct record is scored once, not once a row.
-
-    With `contrast` (DPO), the loss counts only the tokens where chosen and rejected differ
-    (trainer.contrast); the rows carry the masks and `ContrastCollator` applies them."""
+    reference log-probabilities each distinct record is scored once, not once a row."""
 
     class Prepared(trainer_cls):
         def _prepare_dataset(
@@ -235,19 +229,10 @@ def _prepared(
             finally:
                 args.max_length = limit
             prepared = prepared.map(_keep_prompt_end, fn_kwargs={"limit": config.max_prompt_length})
-            if config.cut_aware:
-                tail = end_of_turn(processing_class)
-                prepared = prepared.map(_reopen, fn_kwargs={"tail": tail, "ends": ends})
-            if contrast:
-                prepared = prepared.map(
-                    add_contrast, fn_kwargs={"min_shared": config.contrast_min_shared}
-                )
-            return prepared
-
-        def _set_signature_columns_if_needed(self) -> None:
-            super()._set_signature_columns_if_needed()
-            if contrast and self._signature_columns is not None:
-                self._signature_columns += ["chosen_contrast", "rejected_contrast"]
+            if not config.cut_aware:
+                return prepared
+            tail = end_of_turn(processing_class)
+            return prepared.map(_reopen, fn_kwargs={"tail": tail, "ends": ends})
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             if "record" not in dataset.column_names:
@@ -507,15 +492,9 @@ def _run_dpo(
         precompute_ref_batch_size=4 * micro,
     )
     ends = {"chosen_ids": "chosen_complete", "rejected_ids": "rejected_complete"}
-    trainer = _prepared(DPOTrainer, ends, config, contrast=config.dpo_contrast)(
+    trainer = _prepared(DPOTrainer, ends, config)(
         model=model,
         args=args,
-        # Passing a collator skips TRL's pad-token set-up: the tokenizer must have one.
-        data_collator=ContrastCollator(
-            pad_token_id=tokenizer.pad_token_id, max_length=args.max_length
-        )
-        if config.dpo_contrast
-        else None,
         train_dataset=Dataset.from_list(stage.rows),
         processing_class=tokenizer,
         # A fresh adapter: TRL wraps the model; its reference is the base (adapter disabled).
