@@ -25,6 +25,7 @@ TOPIC_INTERACTIONS = "livealign.interactions"
 TOPIC_FEEDBACK = "livealign.feedback"
 TOPIC_PREFERENCES = "livealign.preferences"
 TOPIC_DECISIONS = "livealign.decisions"  # the canary controller's decisions, one per interval
+TOPIC_DEADLETTER = "livealign.deadletter"  # records the processor could not read or store
 BASE_ADAPTER = "base"  # InteractionEvent.adapter when no adapter answered: the base model
 
 
@@ -183,6 +184,37 @@ class ResponseOutcome(BaseModel):
     ttft_ms: float = Field(ge=0)
 
 
+# Why a record went to the dead-letter topic (also livealign_processor_drops_total's label).
+PoisonReason = Literal["null_value", "not_utf8", "bad_json", "schema", "nul_byte", "too_long"]
+POISON_REASONS: tuple[PoisonReason, ...] = (
+    "null_value", "not_utf8", "bad_json", "schema", "nul_byte", "too_long",
+)  # fmt: skip
+
+
+class DeadLetter(BaseModel):
+    """A record the stream processor could not read or store, as it travels on
+    ``livealign.deadletter`` (keyed by the record's own key): where it was, what it held
+    (base64, cut at the processor's bound) and why it was refused."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    schema_version: Literal[1] = 1
+    event_type: Literal["deadletter"] = "deadletter"
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = Field(None, description="The record's Kafka timestamp.")
+    key: bytes | None = Field(None, description="The record's key, base64.")
+    value: bytes | None = Field(
+        description="The record's value, base64 (its first bytes if truncated); None: it had none."
+    )
+    value_size: int = Field(ge=0, description="Bytes of the whole value.")
+    truncated: bool = Field(description="Only the first bytes of the value are here.")
+    reason: PoisonReason
+    message: str = Field(description="What was wrong, for a person (bounded).")
+    dead_ms: int = Field(description="When it was refused (unix ms).")
+
+
 # --- the stream processor's decoding ----------------------------------------------------
 # The processor validates every record it consumes; pydantic took a third of its time for
 # it. These msgspec mirrors of ChatMessage, InteractionEvent and FeedbackEvent decode the
@@ -239,6 +271,54 @@ class WireFeedback(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     received_ms: int
 
 
+# --- what the store can hold ------------------------------------------------------------
+# The store's string columns that events fill, by length, defined once: the store makes
+# its columns from these, and the decoders refuse an event that would not fit. So every
+# store behaves the same (SQLite does not enforce a length, PostgreSQL refuses the whole
+# batch), and so does a NUL character (PostgreSQL refuses it in text of any kind).
+ID_LEN = 200  # response, conversation and event ids, adapter versions
+HASH_LEN = 64  # user hashes (the rater), prompt hashes
+ARM_LEN = 50
+_INTERACTION_LENGTHS = (
+    ("response_id", ID_LEN), ("conversation_id", ID_LEN), ("user_hash", HASH_LEN),
+    ("adapter", ID_LEN), ("arm", ARM_LEN),
+)  # fmt: skip
+_FEEDBACK_LENGTHS = (
+    ("event_id", ID_LEN), ("response_id", ID_LEN), ("conversation_id", ID_LEN),
+    ("user_hash", HASH_LEN),
+)  # fmt: skip
+# JSON can carry a NUL only escaped, and this is its one spelling: text without it has none.
+_NUL_ESCAPE = "\\u0000"
+
+
+class Unstorable(ValueError):
+    """A valid event the store cannot hold. ``reason``: "nul_byte" or "too_long"."""
+
+    def __init__(self, reason: Literal["nul_byte", "too_long"], message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _check_storable(
+    event: WireInteraction | WireFeedback, data: bytes | str, lengths: tuple[tuple[str, int], ...]
+) -> None:
+    for name, limit in lengths:
+        value = getattr(event, name)
+        if value is not None and len(value) > limit:
+            raise Unstorable("too_long", f"{name} has {len(value)} characters, over {limit}")
+    escaped = _NUL_ESCAPE in data if isinstance(data, str) else _NUL_ESCAPE.encode() in data
+    if escaped and any("\x00" in text for text in _strings(event)):  # not an escaped "\\"
+        raise Unstorable("nul_byte", "a string field holds a NUL character (\\u0000)")
+
+
+def _strings(event: WireInteraction | WireFeedback) -> list[str]:
+    """Every string the event holds (its messages' too)."""
+    values = [getattr(event, f) for f in event.__struct_fields__]
+    if isinstance(event, WireInteraction):
+        values += [text for msg in event.messages for text in (msg.role, msg.content)]
+    return [v for v in values if isinstance(v, str)]
+
+
 AnyInteraction = InteractionEvent | WireInteraction
 AnyFeedback = FeedbackEvent | WireFeedback
 _INTERACTION_DECODER = msgspec.json.Decoder(WireInteraction)
@@ -246,23 +326,29 @@ _FEEDBACK_DECODER = msgspec.json.Decoder(WireFeedback)
 
 
 def decode_interaction(data: bytes | str) -> WireInteraction:
-    """Validate an InteractionEvent's JSON; raises pydantic's ValidationError if invalid."""
+    """Validate an InteractionEvent's JSON; raises pydantic's ValidationError if invalid,
+    ``Unstorable`` if valid but not for the store."""
     try:
-        return _INTERACTION_DECODER.decode(data)
+        decoded = _INTERACTION_DECODER.decode(data)
     except msgspec.DecodeError:
         event = InteractionEvent.model_validate_json(data)  # raises if invalid
         fields = event.model_dump()
         messages = [WireMessage(**m) for m in fields.pop("messages")]
-        return WireInteraction(**fields, messages=messages)
+        decoded = WireInteraction(**fields, messages=messages)
+    _check_storable(decoded, data, _INTERACTION_LENGTHS)
+    return decoded
 
 
 def decode_feedback(data: bytes | str) -> WireFeedback:
-    """Validate a FeedbackEvent's JSON; raises pydantic's ValidationError if invalid."""
+    """Validate a FeedbackEvent's JSON; raises pydantic's ValidationError if invalid,
+    ``Unstorable`` if valid but not for the store."""
     try:
-        return _FEEDBACK_DECODER.decode(data)
+        decoded = _FEEDBACK_DECODER.decode(data)
     except msgspec.DecodeError:
         event = FeedbackEvent.model_validate_json(data)  # raises if invalid
-        return WireFeedback(**event.model_dump())
+        decoded = WireFeedback(**event.model_dump())
+    _check_storable(decoded, data, _FEEDBACK_LENGTHS)
+    return decoded
 
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -273,6 +359,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "preference_pair": PreferencePair,
     "preference_label": PreferenceLabel,
     "response_outcome": ResponseOutcome,
+    "dead_letter": DeadLetter,
 }
 
 

@@ -3,11 +3,15 @@
 Reads ``livealign.interactions`` and ``livealign.feedback`` as one consumer group. Each
 polled batch goes through one pipeline, top to bottom, inside one store transaction:
 
-    parse -> store interactions -> clean feedback (invalid, duplicate, rate limit)
+    parse (poison to dead letters) -> store interactions -> clean feedback (duplicate, rate limit)
           -> join feedback to interactions (or hold it) -> signals (normalized per rater)
           -> fuse each touched response -> labels + pairs (upserted) -> fuser state
 
-then the records go to ``livealign.preferences`` and only then are offsets committed.
+then the dead letters go to ``livealign.deadletter`` and the records to
+``livealign.preferences``, and only then are offsets committed. A record that cannot be
+read or stored (no value, not UTF-8, not JSON, not the topic's event, a NUL character or
+an id too long for the store) is poison: it goes to the dead-letter topic with its
+reason, is counted as a drop by that reason, and the batch goes on without it.
 Replaying a batch after a crash finds its events already stored and changes nothing.
 Both topics are keyed by conversation id, so an interaction, its feedback and its
 regenerated siblings share a partition and so a processor instance: joins stay local.
@@ -38,18 +42,22 @@ from typing import Any, TypeVar
 
 import msgspec
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from pydantic_core import to_json
 from sqlalchemy import Connection
 
 from monitoring import metrics as m
+from streaming import deadletter
 from streaming import records as rules
 from streaming import store as s
 from streaming.checkpoint import Checkpoint
 from streaming.events import (
+    POISON_REASONS,
+    TOPIC_DEADLETTER,
     TOPIC_FEEDBACK,
     TOPIC_INTERACTIONS,
     ChatMessage,
+    DeadLetter,
     FeedbackKind,
     PreferenceLabel,
     PreferencePair,
@@ -95,6 +103,18 @@ class ProcessorConfig(BaseModel):
         ge=1,
         description="Conversations whose labels are kept in memory. Only speed depends on it.",
     )
+    deadletter_max_value_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="A dead letter carries at most this many bytes of the poison record's "
+        "value (then it says it was truncated).",
+    )
+    deadletter_max_backoff_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait between tries while dead letters cannot be sent (offsets "
+        "are not committed meanwhile).",
+    )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     records: RecordConfig = Field(default_factory=RecordConfig)
 
@@ -113,10 +133,12 @@ def prompt_hash(messages: Sequence[ChatMessage | WireMessage]) -> str:
 class Batch:
     """What one poll brought in, parsed: each event with its JSON text as received. It was
     validated, so the store keeps it as is (serializing the event again cost more than
-    the rest of storing it)."""
+    the rest of storing it). The poison records, as dead letters."""
 
     interactions: list[tuple[WireInteraction, str]]
     feedback: list[tuple[WireFeedback, str]]
+    dead: list[DeadLetter]
+    started: float  # perf_counter() when parsing began
 
 
 @dataclasses.dataclass(slots=True)
@@ -230,16 +252,24 @@ class Processor:
             compression_type="lz4",
             linger_ms=20,
             request_timeout_ms=self.config.request_timeout_ms,
+            # A send waits this long at most for a broker that is away (not a minute).
+            max_block_ms=self.config.request_timeout_ms,
         )
-        checkpoint = Checkpoint(consumer, producer, self.config.request_timeout_ms / 1000)
+        checkpoint = Checkpoint(
+            consumer, producer, self.config.request_timeout_ms / 1000,
+            max_backoff_s=self.config.deadletter_max_backoff_s,
+        )  # fmt: skip
         log.info("processor %s consuming %s", self.config.group_id, self.config.bootstrap_servers)
         try:
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.config.max_poll_records)
                 records = [r for batch in polled.values() for r in batch]
                 if records:
-                    out = self.process(records)  # the store transaction has committed
-                    checkpoint.commit(out)  # then publish, flush, offsets
+                    batch = self.parse(records)
+                    out = self.process_batch(batch)  # the store transaction has committed
+                    # then dead letters, publish, flush, offsets
+                    if not checkpoint.commit(out, batch.dead, stop):
+                        break  # stopped while dead letters could not be sent
                     self._report_lag(consumer, polled)
                     self._report_progress(polled)
                 if settled := self.housekeeping():
@@ -284,8 +314,10 @@ class Processor:
     # --- one batch ----------------------------------------------------------------------
     def process(self, records: list[Any]) -> list[Record]:
         """The pipeline for one polled batch; returns the records written."""
-        start = time.perf_counter()
-        batch = self.parse(records)
+        return self.process_batch(self.parse(records))
+
+    def process_batch(self, batch: Batch) -> list[Record]:
+        """The pipeline for one parsed batch; returns the records written."""
         with self._transaction() as tx:
             self.store_interactions(tx, batch)
             fresh = self.clean(tx, batch)
@@ -295,29 +327,37 @@ class Processor:
         for scenario, weights in self.fuser.weights().items():
             for signal, weight in weights.items():
                 m.FUSION_WEIGHT.labels(scenario, signal).set(weight)
-        m.PROC_BATCH_SECONDS.observe(time.perf_counter() - start)
+        m.PROC_BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         return out
 
     def parse(self, records: list[Any]) -> Batch:
+        """Decode each record; poison ones become dead letters (see the module docstring)."""
+        started = time.perf_counter()
         interactions: list[tuple[WireInteraction, str]] = []
         feedback: list[tuple[WireFeedback, str]] = []
-        invalid = n_interactions = 0
+        dead: list[DeadLetter] = []
+        n_interactions = 0
         for r in records:
-            value = r.value
             try:
                 if r.topic == TOPIC_INTERACTIONS:
                     n_interactions += 1
-                    interactions.append((decode_interaction(value), value.decode()))
+                    interactions.append(deadletter.read(r.value, decode_interaction))
                 else:
-                    feedback.append((decode_feedback(value), value.decode()))
-            except ValidationError:
-                invalid += 1
+                    feedback.append(deadletter.read(r.value, decode_feedback))
+            except deadletter.Poison as poison:
+                dead.append(deadletter.letter(r, poison, self.config.deadletter_max_value_bytes))
+        if dead:
+            log.warning(
+                "%d poison records to %s (first: %s %s:%d@%d)", len(dead), TOPIC_DEADLETTER,
+                dead[0].reason, dead[0].topic, dead[0].partition, dead[0].offset,
+            )  # fmt: skip
         # Counted per batch, not per record: a labelled counter costs a lookup each time.
         # (Only the two subscribed topics come in.)
         m.PROC_CONSUMED.labels(TOPIC_INTERACTIONS).inc(n_interactions)
         m.PROC_CONSUMED.labels(TOPIC_FEEDBACK).inc(len(records) - n_interactions)
-        _count(m.PROC_DROPS, "invalid", invalid)
-        return Batch(interactions, feedback)
+        for reason, n in Counter(d.reason for d in dead).items():
+            m.PROC_DROPS.labels(reason).inc(n)
+        return Batch(interactions, feedback, dead, started)
 
     def store_interactions(self, tx: Connection, batch: Batch) -> None:
         latest = {e.response_id: (e, text) for e, text in batch.interactions}
@@ -620,8 +660,9 @@ _SIGNAL_ENCODER = msgspec.json.Encoder()
 _SIGNAL_DECODER = msgspec.json.Decoder(Signal)
 
 
-# Every reason an event is dropped for (livealign_processor_drops_total's label).
-DROP_REASONS = ("invalid", "duplicate", "rate_limited", "uninterpretable")
+# Every reason an event is dropped for (livealign_processor_drops_total's label): the
+# poison ones (the record went to the dead-letter topic), then those cleaned out.
+DROP_REASONS = (*POISON_REASONS, "duplicate", "rate_limited", "uninterpretable")
 
 
 def _count(counter: Any, label: str, n: int) -> None:

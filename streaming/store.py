@@ -46,6 +46,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from streaming.events import (
+    ARM_LEN,
+    HASH_LEN,
+    ID_LEN,
     ChatMessage,
     FeedbackKind,
     PreferenceLabel,
@@ -59,12 +62,12 @@ meta = MetaData()
 
 interactions = Table(
     "interactions", meta,
-    Column("response_id", String(200), primary_key=True),
-    Column("conversation_id", String(200), nullable=False),
-    Column("prompt_hash", String(64), nullable=False),
-    Column("user_hash", String(64)),
-    Column("adapter", String(200), nullable=False),
-    Column("arm", String(50), nullable=False),
+    Column("response_id", String(ID_LEN), primary_key=True),
+    Column("conversation_id", String(ID_LEN), nullable=False),
+    Column("prompt_hash", String(HASH_LEN), nullable=False),
+    Column("user_hash", String(HASH_LEN)),
+    Column("adapter", String(ID_LEN), nullable=False),
+    Column("arm", String(ARM_LEN), nullable=False),
     Column("created_ms", Integer, nullable=False),
     Column("event", JSON, nullable=False),
     # Set once the response's feedback window closed and it taught the calibration.
@@ -79,9 +82,9 @@ PENDING = text("status = 'pending'")
 
 feedback = Table(
     "feedback", meta,
-    Column("event_id", String(200), primary_key=True),
-    Column("response_id", String(200), nullable=False, index=True),
-    Column("rater", String(64)),
+    Column("event_id", String(ID_LEN), primary_key=True),
+    Column("response_id", String(ID_LEN), nullable=False, index=True),
+    Column("rater", String(HASH_LEN)),
     Column("kind", String(20), nullable=False),
     Column("received_ms", Integer, nullable=False),
     # pending: waiting for its interaction; joined; orphaned: grace period ran out;
@@ -98,7 +101,7 @@ feedback = Table(
 
 labels = Table(
     "labels", meta,
-    Column("response_id", String(200), primary_key=True),
+    Column("response_id", String(ID_LEN), primary_key=True),
     Column("prompt", JSON, nullable=False),
     Column("completion", Text, nullable=False),
     Column("desirable", Boolean, nullable=False),
@@ -106,7 +109,7 @@ labels = Table(
     Column("score", Float, nullable=False),
     Column("confidence", Float, nullable=False),
     Column("scenario", String(20), nullable=False),
-    Column("adapter", String(200), nullable=False),
+    Column("adapter", String(ID_LEN), nullable=False),
     Column("n_signals", Integer, nullable=False),
     Column("updated_ms", Integer, nullable=False),
 )  # fmt: skip
@@ -119,19 +122,19 @@ pairs = Table(
     Column("rejected", Text, nullable=False),
     Column("weight", Float, nullable=False),
     Column("provenance", String(20), nullable=False),  # edit | regenerate
-    Column("chosen_response_id", String(200)),
-    Column("rejected_response_id", String(200), nullable=False),
-    Column("adapter", String(200), nullable=False),
+    Column("chosen_response_id", String(ID_LEN)),
+    Column("rejected_response_id", String(ID_LEN), nullable=False),
+    Column("adapter", String(ID_LEN), nullable=False),
     Column("updated_ms", Integer, nullable=False),
 )  # fmt: skip
 
 # One row per settled response: what the canary controller reads, per adapter and arm.
 outcomes = Table(
     "outcomes", meta,
-    Column("response_id", String(200), primary_key=True),
-    Column("conversation_id", String(200), nullable=False),
-    Column("adapter", String(200), nullable=False),
-    Column("arm", String(50), nullable=False),
+    Column("response_id", String(ID_LEN), primary_key=True),
+    Column("conversation_id", String(ID_LEN), nullable=False),
+    Column("adapter", String(ID_LEN), nullable=False),
+    Column("arm", String(ARM_LEN), nullable=False),
     Column("created_ms", Integer, nullable=False),
     Column("score", Float),
     Column("confidence", Float, nullable=False),
@@ -157,7 +160,7 @@ state = Table(
 # processor_state row "fuser"): a batch rewrites only the raters it changed.
 raters = Table(
     "rater_state", meta,
-    Column("rater", String(200), primary_key=True),
+    Column("rater", String(ID_LEN), primary_key=True),
     Column("seq", Integer, nullable=False),  # recency: the fuser forgets the oldest first
     Column("value", JSON, nullable=False),
 )  # fmt: skip

@@ -9,6 +9,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from streaming.events import (
+    TOPIC_DEADLETTER,
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
     TOPIC_INTERACTIONS,
@@ -16,7 +17,9 @@ from streaming.events import (
 )
 
 log = logging.getLogger(__name__)
-TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_PREFERENCES, TOPIC_DECISIONS)
+TOPICS = (
+    TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_PREFERENCES, TOPIC_DECISIONS, TOPIC_DEADLETTER,
+)  # fmt: skip
 
 
 def ensure_topics(bootstrap: str, partitions: int = 4, replication: int = 1) -> None:
