@@ -88,10 +88,12 @@ class Checkpoint:
         for letter in letters:
             value = letter.model_dump_json().encode()
             try:
-                sent.append((letter, self.producer.send(TOPIC_DEADLETTER, key=letter.key, value=value)))
+                future = self.producer.send(TOPIC_DEADLETTER, key=letter.key, value=value)
             except KafkaError as exc:  # no metadata in time: the broker is away
                 log.debug("dead letter not sent: %s", exc)
                 failed.append(letter)
+                continue
+            sent.append((letter, future))
         deadline = time.monotonic() + self.flush_timeout_s
         for letter, future in sent:
             try:
