@@ -289,6 +289,7 @@ _FEEDBACK_LENGTHS = (
 )  # fmt: skip
 # JSON can carry a NUL only escaped, and this is its one spelling: text without it has none.
 _NUL_ESCAPE = "\\u0000"
+_NUL_ESCAPE_BYTES = _NUL_ESCAPE.encode()
 
 
 class Unstorable(ValueError):
@@ -306,7 +307,7 @@ def _check_storable(
         value = getattr(event, name)
         if value is not None and len(value) > limit:
             raise Unstorable("too_long", f"{name} has {len(value)} characters, over {limit}")
-    escaped = _NUL_ESCAPE in data if isinstance(data, str) else _NUL_ESCAPE.encode() in data
+    escaped = _NUL_ESCAPE in data if isinstance(data, str) else _NUL_ESCAPE_BYTES in data
     if escaped and any("\x00" in text for text in _strings(event)):  # not an escaped "\\"
         raise Unstorable("nul_byte", "a string field holds a NUL character (\\u0000)")
 
