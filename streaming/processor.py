@@ -4,7 +4,8 @@ Reads ``livealign.interactions`` and ``livealign.feedback`` as one consumer grou
 polled batch goes through one pipeline, top to bottom, inside one store transaction:
 
     parse -> store interactions -> clean feedback (invalid, duplicate, rate limit)
-          -> join feedback to interactions (or hold it) -> signals (normalized per rater)
+          -> join feedback to interactions (or hold it) -> one voice per rater per
+             response (a repeat supersedes or is dropped) -> signals (normalized per rater)
           -> fuse each touched response -> labels + pairs (upserted) -> fuser state
 
 then the records go to ``livealign.preferences`` and only then are offsets committed.
