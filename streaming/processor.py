@@ -4,7 +4,8 @@ Reads ``livealign.interactions`` and ``livealign.feedback`` as one consumer grou
 polled batch goes through one pipeline, top to bottom, inside one store transaction:
 
     parse (poison to dead letters) -> store interactions -> clean feedback (duplicate, rate limit)
-          -> join feedback to interactions (or hold it) -> signals (normalized per rater)
+          -> join feedback to interactions (or hold it) -> one voice per rater per
+             response (a repeat supersedes or is dropped) -> signals (normalized per rater)
           -> fuse each touched response -> labels + pairs (upserted) -> fuser state
 
 then the dead letters go to ``livealign.deadletter`` and the records to
@@ -69,7 +70,7 @@ from streaming.events import (
     decode_interaction,
     now_ms,
 )
-from streaming.fusion import Fuser, FusionConfig, Signal, signal_from_event
+from streaming.fusion import Fuser, FusionConfig, Signal, signal_from_event, voice
 from streaming.records import Record, RecordConfig, Scored
 from streaming.store import PreferenceStore
 
@@ -375,19 +376,22 @@ class Processor:
 
     def clean(self, tx: Connection, batch: Batch) -> list[tuple[WireFeedback, str]]:
         """Drop duplicates (also across restarts: the store remembers every event id) and
-        rate-limited raters. Dropped events are stored too, so a replay drops them again."""
+        rate-limited raters. Dropped events are stored too, so a replay drops them again.
+        The rate limit runs on server time: when the feedback API received the event (no
+        later than now, should its clock run ahead of ours). ``client_ts`` is the client's
+        to set, so it is kept as data and never used for it."""
         events = batch.feedback
         seen = self.store.known_events(tx, {e.event_id for e, _ in events})
         fresh: list[tuple[WireFeedback, str]] = []
         dropped: list[s.Row] = []
         duplicates = 0
-        allow = self.fuser.allow
+        allow, now = self.fuser.allow, now_ms()
         for e, text in events:
             if e.event_id in seen:
                 duplicates += 1
                 continue
             seen.add(e.event_id)
-            if allow(e.user_hash, e.client_ts or e.received_ms):
+            if allow(e.user_hash, min(e.received_ms, now)):
                 fresh.append((e, text))
             else:
                 dropped.append(s.feedback_row(e, text, "dropped", "rate_limited", None))
@@ -399,7 +403,10 @@ class Processor:
     def join(self, tx: Connection, fresh: list[tuple[WireFeedback, str]], batch: Batch) -> set[str]:
         """Attach feedback to interactions; returns the responses with new signals.
         Fresh feedback is stored with its outcome (joined, or pending: held for its
-        interaction); held feedback whose interaction just arrived is updated."""
+        interaction); held feedback whose interaction just arrived is updated. One voice
+        per rater per response (``streaming.fusion.voice``): a rater's new thumb, rating
+        or edit supersedes their earlier one (stored as dropped, "superseded"), and other
+        repeats beyond the limit are dropped ("repeat_limit")."""
         arrived = {e.response_id: e for e, _ in batch.interactions}
         held = self._held(tx, arrived)
         missing = {e.response_id for e, _ in fresh} - arrived.keys()
@@ -407,10 +414,14 @@ class Processor:
             **{rid: known.event for rid, known in self._stored_interactions(tx, missing).items()},
             **arrived,
         }
+        # What each response has joined so far: the voice rules judge against it.
+        joining = {e.response_id for e in held} | {e.response_id for e, _ in fresh}
+        earlier = self._joined_signals(tx, joining & found.keys())
         inserts: list[s.Row] = []
         updates: list[dict[str, Any]] = []
+        superseded: list[dict[str, Any]] = []  # applied last: they may be this batch's
         touched: set[str] = set()
-        joins = uninterpretable = 0
+        joins = uninterpretable = repeats = 0
         by_arm: Counter[tuple[str, str, str]] = Counter()
         fusion, observe, hold = self.config.fusion, self.fuser.observe, self._pending.put
         # Held events (text None: stored already, so updated) first, then fresh ones.
@@ -424,13 +435,24 @@ class Processor:
                 uninterpretable += 1
                 status, reason = "dropped", "uninterpretable"
             else:
-                signal = observe(signal)
-                joins += 1
-                by_arm[(e.kind.value, interaction.adapter, interaction.arm)] += 1
-                status, reason = "joined", None
-                touched.add(e.response_id)
-                joined = self._joined.use(e.response_id)
-                if joined is not None:  # else not remembered: emit reads it from the store
+                joined = earlier[e.response_id]
+                verdict = voice.place(signal, [j.signal for j in joined], fusion)
+                if verdict.action == "drop":
+                    repeats += 1
+                    status, reason = "dropped", voice.REPEAT_LIMIT
+                else:
+                    if verdict.replaces is not None:
+                        old = joined.pop(verdict.replaces)
+                        superseded.append(
+                            {"event_id": old.event_id, "status": "dropped",
+                             "status_reason": voice.SUPERSEDED,
+                             "signal": _signal_json(old.signal)}
+                        )  # fmt: skip
+                    signal = observe(signal)
+                    joins += 1
+                    by_arm[(e.kind.value, interaction.adapter, interaction.arm)] += 1
+                    status, reason = "joined", None
+                    touched.add(e.response_id)
                     joined.append(Joined(e.event_id, signal, _edited(e), _vote(e)))
             signal_json = None if signal is None else _signal_json(signal)
             if text is None:
@@ -441,12 +463,15 @@ class Processor:
             else:
                 inserts.append(s.feedback_row(e, text, status, reason, signal_json))
         _count(m.PROC_DROPS, "uninterpretable", uninterpretable)
+        _count(m.PROC_DROPS, voice.REPEAT_LIMIT, repeats)
+        _count(m.PROC_DROPS, voice.SUPERSEDED, len(superseded))
         if joins:
             m.PROC_JOINS.inc(joins)
         for labels, n in by_arm.items():  # what users said of each arm's answers
             m.FEEDBACK_JOINED.labels(*labels).inc(n)
         self.store.add_feedback(tx, inserts)
         self.store.set_feedback(tx, updates)
+        self.store.set_feedback(tx, superseded)
         return touched
 
     def emit(self, tx: Connection, touched: set[str], settled_only: bool) -> list[Record]:
@@ -662,7 +687,10 @@ _SIGNAL_DECODER = msgspec.json.Decoder(Signal)
 
 # Every reason an event is dropped for (livealign_processor_drops_total's label): the
 # poison ones (the record went to the dead-letter topic), then those cleaned out.
-DROP_REASONS = (*POISON_REASONS, "duplicate", "rate_limited", "uninterpretable")
+DROP_REASONS = (
+    *POISON_REASONS, "duplicate", "rate_limited", "uninterpretable", voice.SUPERSEDED,
+    voice.REPEAT_LIMIT,
+)  # fmt: skip
 
 
 def _count(counter: Any, label: str, n: int) -> None:

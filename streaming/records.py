@@ -5,10 +5,13 @@ and their thresholds are one config (``RecordConfig``):
 
 - a **label** (desirable or not, for KTO) for every response scored confidently enough
   and clearly enough away from neutral, weighted by confidence times |score|;
-- an **edit pair** (the user's edit > the original answer) for every edit that changed
-  the answer, weighted by the edit's strength times the rater's trust;
+- an **edit pair** (the user's edit > the original answer), one per response: its latest
+  edit that changed the answer, weighted by the edit's strength times the rater's trust
+  (its id is the response's, so a newer edit replaces the pair in place);
 - a **sibling pair** for two regenerated answers to the same prompt in one conversation
-  whose fused scores differ by at least ``pair_margin`` (the better one chosen);
+  whose fused scores differ by at least ``pair_margin`` (the better one chosen), each
+  response paired with at most ``pair_max_siblings`` of its siblings (the farthest
+  apart), so a client regenerating 500 times makes pairs in proportion, not squared;
 - an **outcome** for every response, with the adapter and arm that answered: its fused
   score when confident enough to label (else none), votes, regenerate, error, latency.
 
@@ -54,6 +57,13 @@ class RecordConfig(BaseModel):
         description="A fused score at most this far from 0 is no verdict: no label.",
     )
     pair_margin: float = Field(0.5, ge=0, description="Fused-score gap that makes siblings a pair.")
+    pair_max_siblings: int = Field(
+        4,
+        ge=1,
+        description="Siblings a just-labelled response is paired with at most: those whose "
+        "scores are farthest from its own (the clearest preferences). Bounds the pairs of one "
+        "prompt to this many per answer, however often it is regenerated.",
+    )
 
 
 @dataclass(slots=True)
@@ -94,32 +104,37 @@ def edit_pairs(
     response_id: str, event: WireInteraction, edits: Iterable[tuple[str, str, float]]
 ) -> list[PreferencePair]:
     """An edit is the user's own better answer: (edited > original). ``edits`` are
-    (event id, edited text, weight) of the response's joined edits."""
-    out: list[PreferencePair] = []
-    for event_id, edited, weight in edits:
-        if weight <= 0 or edited == event.completion:
-            continue
-        out.append(
-            PreferencePair(
-                pair_id=record_id("edit", event_id), prompt=prompt_of(event), chosen=edited,
-                rejected=event.completion, weight=weight, provenance="edit",
-                chosen_response_id=None, rejected_response_id=response_id,
-                adapter=event.adapter,
-            )
-        )  # fmt: skip
-    return out
+    (event id, edited text, weight) of the response's joined edits, in the order they
+    joined; the latest that changed the answer and has weight makes the one pair."""
+    usable = [(text, w) for _, text, w in edits if w > 0 and text != event.completion]
+    if not usable:
+        return []
+    edited, weight = usable[-1]
+    return [
+        PreferencePair(
+            pair_id=record_id("edit", response_id), prompt=prompt_of(event), chosen=edited,
+            rejected=event.completion, weight=weight, provenance="edit",
+            chosen_response_id=None, rejected_response_id=response_id, adapter=event.adapter,
+        )
+    ]  # fmt: skip
 
 
 def sibling_pairs(
     mine: PreferenceLabel, siblings: Mapping[str, Scored], config: RecordConfig
 ) -> list[PreferencePair]:
     """Pairs of a just-labelled response with its labelled siblings (regenerated answers
-    to the same prompt in the same conversation; ``siblings`` may include itself)."""
+    to the same prompt in the same conversation; ``siblings`` may include itself): with
+    the ``pair_max_siblings`` farthest from it by score (ties: by response id), of those
+    at least ``pair_margin`` away."""
+    apart = [
+        (sib_id, sib)
+        for sib_id, sib in siblings.items()
+        if sib_id != mine.response_id and abs(mine.score - sib.score) >= config.pair_margin
+    ]
+    apart.sort(key=lambda item: (-abs(mine.score - item[1].score), item[0]))
     out: list[PreferencePair] = []
-    for sib_id, sib in siblings.items():
+    for sib_id, sib in apart[: config.pair_max_siblings]:
         gap = mine.score - sib.score
-        if sib_id == mine.response_id or abs(gap) < config.pair_margin:
-            continue
         ours = (mine.response_id, mine.completion, mine.adapter)
         theirs = (sib_id, sib.completion, sib.adapter)
         (best, chosen, _), (worst, rejected, adapter) = (

@@ -78,6 +78,10 @@ class FusionConfig(BaseModel):
     click_values, dwell_half_point_ms, dwell_full_factor, edit_full_change,
     edit_no_context_value, edit_no_context_strength, comment_max_chars
 
+    > One voice per rater per response
+
+    latest_wins_signals, max_signals_per_rater
+
     > Raters: rate limit, normalization, trust
 
     rater_rate_limit_per_min, rater_prior_n, rater_memory, rater_prior_agreement,
@@ -170,9 +174,26 @@ class FusionConfig(BaseModel):
         2000, ge=1, description="Characters of a comment given to the sentiment model."
     )
 
+    # --- one voice per rater per response (``voice``) ------------------------------------------
+    latest_wins_signals: list[str] = Field(
+        default_factory=lambda: ["thumb", "rating", "edit"],
+        description="Signals of which a rater has one on a response: a new one replaces the "
+        "rater's earlier one there (dropped as superseded). Events without a user count as "
+        "one rater per response (the holder of its feedback token).",
+    )
+    max_signals_per_rater: int = Field(
+        3,
+        ge=1,
+        description="Of any other signal (comment, each click, dwell), at most this many per "
+        "rater per response are fused; later ones are dropped (repeat_limit).",
+    )
+
     # --- raters: rate limit, normalization, trust --------------------------------------------
     rater_rate_limit_per_min: int = Field(
-        30, ge=1, description="More events than this from one rater in 60 s are dropped."
+        30,
+        ge=1,
+        description="More events than this from one rater in 60 s of server time (when the "
+        "event was received; the client's clock is never used) are dropped.",
     )
     rater_prior_n: float = Field(
         5.0,
@@ -212,7 +233,8 @@ class FusionConfig(BaseModel):
     max_raters: int = Field(
         200_000,
         ge=1,
-        description="Raters kept in memory (and in state_dict); the least recently seen go first.",
+        description="Raters kept in memory (and in state_dict), and rate-limit windows kept; "
+        "the least recently seen go first.",
     )
 
     # --- calibration of implicit signals -----------------------------------------------------
@@ -279,6 +301,9 @@ class FusionConfig(BaseModel):
                 raise ValueError(f"{field} lacks {missing}: every signal needs a value")
             if unknown := sorted(set(given) - set(names)):
                 raise ValueError(f"{field}: unknown signals {unknown} (known: {sorted(names)})")
+        known = {**signals(explicit=True), **signals(explicit=False)}
+        if unknown := sorted(set(self.latest_wins_signals) - set(known)):
+            raise ValueError(f"latest_wins_signals: unknown signals {unknown}")
         for name, weight in self.calibration_outcome_weights.items():
             if not 0.0 <= weight <= 1.0:
                 raise ValueError(f"calibration_outcome_weights[{name!r}] must be in [0, 1]")

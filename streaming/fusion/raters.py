@@ -26,10 +26,13 @@ SCALE_PRIOR_VAR: dict[str, float] = {
 
 class RateLimiter:
     """At most ``rater_rate_limit_per_min`` accepted events per rater in any 60 s window of
-    event time. Transient: not learned, not saved."""
+    server time (the caller's: never a client's clock, which could pin a window in the far
+    future). At most ``max_raters`` windows are kept whatever the times: the least
+    recently touched go first. Transient: not learned, not saved."""
 
     def __init__(self, config: FusionConfig) -> None:
         self.limit = config.rater_rate_limit_per_min
+        self.max_windows = config.max_raters
         # Accepted event times per rater, ordered by last acceptance so idle raters are
         # cheap to forget.
         self._windows: OrderedDict[str, deque[int]] = OrderedDict()
@@ -48,6 +51,8 @@ class RateLimiter:
         window = windows.get(rater)
         if window is None:
             window = windows[rater] = deque()  # a new key is the most recent already
+            if len(windows) > self.max_windows:
+                windows.popitem(last=False)
         else:
             windows.move_to_end(rater)
             if window:

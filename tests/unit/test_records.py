@@ -73,6 +73,32 @@ def test_siblings_apart_by_the_margin_make_one_pair_with_the_better_chosen() -> 
     assert mirror.pair_id == pair.pair_id  # found from either side, one record
 
 
+def test_the_latest_edit_makes_the_one_edit_pair() -> None:
+    edits = [("e1", "Hi!", 0.8), ("e2", "Hey.", 0.6), ("e3", "Hello there.", 0.9)]
+    (pair,) = edit_pairs("r1", EVENT, edits)  # e3 changed nothing: e2 is the latest
+    assert (pair.chosen, pair.weight) == ("Hey.", 0.6)
+    (first,) = edit_pairs("r1", EVENT, edits[:1])
+    assert first.pair_id == pair.pair_id  # the newer edit replaces the pair in place
+
+
+def test_five_hundred_regenerations_make_pairs_in_proportion() -> None:
+    """One prompt answered 500 times, each answer labelled in turn (good and bad ones
+    alternating): each pairs with at most pair_max_siblings of the ones before it."""
+    config = RecordConfig()  # pair_max_siblings: 4
+    siblings: dict[str, Scored] = {}
+    pair_ids: set[str] = set()
+    for i in range(500):
+        score = 0.9 if i % 2 else -0.9
+        mine = label(f"r{i}", EVENT, fused(score, 0.9), config)
+        assert isinstance(mine, PreferenceLabel)
+        mine = mine.model_copy(update={"response_id": f"r{i}"})
+        siblings[f"r{i}"] = Scored(score, 0.9, f"Answer {i}.", "v1")
+        made = sibling_pairs(mine, siblings, config)
+        assert len(made) <= 4
+        pair_ids |= {p.pair_id for p in made}
+    assert 400 <= len(pair_ids) <= 4 * 500  # unbounded: 62,500 (every good with every bad)
+
+
 class Calls:
     def __init__(self, fail_flush: bool = False, fail_commit: bool = False) -> None:
         self.log: list[str] = []
