@@ -376,7 +376,8 @@ class Processor:
 
     def clean(self, tx: Connection, batch: Batch) -> list[tuple[WireFeedback, str]]:
         """Drop duplicates (also across restarts: the store remembers every event id) and
-        rate-limited raters. Dropped events are stored too, so a replay drops them again.
+        rate-limited raters (events without a user are one class, with its own budget).
+        Dropped events are stored too, so a replay drops them again.
         The rate limit runs on server time: when the feedback API received the event (no
         later than now, should its clock run ahead of ours). ``client_ts`` is the client's
         to set, so it is kept as data and never used for it."""

@@ -8,6 +8,8 @@ time), no randomness. The processor owns one ``Fuser`` and drives it:
    the answer) and a strength in [0, 1] (how much this one observation says).
 2. ``Fuser.allow`` rate-limits each rater; ``Fuser.observe`` updates the rater's online
    statistics with the new signal and returns it normalized for that rater (``raters``).
+   Feedback without a user is one rater class, "anonymous", with its own rate limit,
+   scale and (low, learned, bounded) trust.
 3. ``Fuser.fuse`` combines one response's signals into a score with a confidence
    (``fuser``). The explicit part (thumb, rating, edit, comment) and the implicit part
    (copy, regenerate, link, share, dwell) are each a weighted mean, mixed by the

@@ -87,6 +87,11 @@ class FusionConfig(BaseModel):
     rater_rate_limit_per_min, rater_prior_n, rater_memory, rater_prior_agreement,
     rater_agreement_prior_n, extreme_rater_floor, consensus_min_evidence, max_raters
 
+    > Anonymous feedback (events without a user): one rater class
+
+    anonymous_rate_limit_per_min, anonymous_prior_trust, anonymous_trust_floor,
+    anonymous_trust_cap
+
     > Calibration of implicit signals against the other evidence (votes, edits, regenerates)
 
     calibration_outcome_weights, calibration_label_saturation, calibration_lr,
@@ -138,7 +143,8 @@ class FusionConfig(BaseModel):
         1.0,
         gt=0,
         description="Total evidence weight at which confidence (before the agreement factor) "
-        "reaches 63%; one thumb from an unknown rater weighs 0.75.",
+        "reaches 63%; one thumb from an unknown rater weighs 0.75, one without a user "
+        "anonymous_prior_trust (0.3) at first.",
     )
 
     # --- reading each kind's value -----------------------------------------------------------
@@ -212,7 +218,8 @@ class FusionConfig(BaseModel):
         ge=-1,
         le=1,
         description="Assumed agreement with the consensus for a rater with no history; "
-        "trust = 0.5 + agreement, clipped to [0, 1], so unknown raters get 0.75.",
+        "trust = 0.5 + agreement, clipped to [0, 1], so unknown raters get 0.75 (anonymous "
+        "feedback has its own prior: anonymous_prior_trust).",
     )
     rater_agreement_prior_n: float = Field(
         5.0, ge=0, description="Pseudo-count behind rater_prior_agreement."
@@ -235,6 +242,41 @@ class FusionConfig(BaseModel):
         ge=1,
         description="Raters kept in memory (and in state_dict), and rate-limit windows kept; "
         "the least recently seen go first.",
+    )
+
+    # --- anonymous feedback: one rater class (``raters.ANONYMOUS``) ---------------------------
+    # Events without a user cannot be told apart, so they are one rater: one rate-limit
+    # budget, one running scale, one trust. That trust starts low (anyone can send them)
+    # and is learned like a named rater's, from agreement with the others on the same
+    # responses, but kept within [floor, cap].
+    anonymous_rate_limit_per_min: int = Field(
+        120,
+        ge=1,
+        description="More events without a user than this, all of them together, in 60 s of "
+        "server time are dropped (rate_limited). One budget for the class, apart from every "
+        "named rater's: an anonymous flood cannot use up a named rater's, nor theirs it.",
+    )
+    anonymous_prior_trust: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Trust in feedback without a user before its agreement is known (a named "
+        "rater with no history gets 0.75). Learned from then on, with the pseudo-count "
+        "rater_agreement_prior_n behind this prior.",
+    )
+    anonymous_trust_floor: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Least trust anonymous feedback can fall to, however much it disagrees "
+        "with the named raters (the scale-use factor still applies on top).",
+    )
+    anonymous_trust_cap: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Most trust anonymous feedback can earn, however much it agrees: below "
+        "an unknown named rater's 0.75, as anyone can send it.",
     )
 
     # --- calibration of implicit signals -----------------------------------------------------
@@ -283,6 +325,17 @@ class FusionConfig(BaseModel):
         for name, share in self.scenario_explicit_share.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"scenario_explicit_share[{name!r}] must be in [0, 1]")
+        return self
+
+    @model_validator(mode="after")
+    def _check_anonymous_trust(self) -> FusionConfig:
+        lo, hi = self.anonymous_trust_floor, self.anonymous_trust_cap
+        prior = self.anonymous_prior_trust
+        if not lo <= prior <= hi:
+            raise ValueError(
+                "anonymous trust needs anonymous_trust_floor <= anonymous_prior_trust <= "
+                f"anonymous_trust_cap (got {lo}, {prior}, {hi})"
+            )
         return self
 
     @model_validator(mode="after")

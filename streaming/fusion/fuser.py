@@ -14,7 +14,7 @@ from typing import Any
 from streaming.events import AnyInteraction
 from streaming.fusion.calibration import Calibrator
 from streaming.fusion.config import SCENARIOS, FusionConfig, Scenario
-from streaming.fusion.raters import RateLimiter, Raters
+from streaming.fusion.raters import ANONYMOUS, RateLimiter, Raters
 from streaming.fusion.scenario import ScenarioDetector
 from streaming.fusion.signals import Signal
 from streaming.fusion.stats import EPS, Part, clamp
@@ -68,12 +68,17 @@ class Fuser:
     def _accumulate(self, signals: list[Signal]) -> tuple[Part, Part]:
         # The innermost loop of the processor: locals instead of attribute lookups.
         explicit_w, implicit_w = self._explicit_w, self.calibrator.weights
-        raters, default = self.raters.stats, self.raters.default_weight
+        raters = self.raters.stats
+        default, anonymous = self.raters.default_weight, self.raters.anonymous_default_weight
         ew = et = es = iw = it = is_ = 0.0
         ec = ic = 0
         for s in signals:
-            stats = None if s.rater is None else raters.get(s.rater)
-            w = s.strength * (default if stats is None else stats.weight)
+            rater = s.rater
+            stats = raters.get(ANONYMOUS if rater is None else rater)
+            if stats is not None:
+                w = s.strength * stats.weight
+            else:
+                w = s.strength * (anonymous if rater is None else default)
             v = s.value
             if s.explicit:
                 w *= explicit_w.get(s.name, 0.0)
@@ -114,12 +119,14 @@ class Fuser:
         if lam <= EPS:
             return Fused(0.0, 0.0, scenario, e_score, i_score, n_signals)
         score = mean_square = evidence = 0.0
-        if lam_e > 0.0:
-            score += lam_e * explicit.total / explicit.weight
+        # The parts' means as computed above (not lam * total / weight: with a weight like
+        # 0.3 that rounds, and one part alone would not score exactly its mean).
+        if lam_e > 0.0 and e_score is not None:
+            score += lam_e * e_score
             mean_square += lam_e * explicit.square / explicit.weight
             evidence += explicit.weight
-        if lam_i > 0.0:
-            score += lam_i * implicit.total / implicit.weight
+        if lam_i > 0.0 and i_score is not None:
+            score += lam_i * i_score
             mean_square += lam_i * implicit.square / implicit.weight
             evidence += implicit.weight
         score /= lam
@@ -147,11 +154,15 @@ class Fuser:
            signal gains weight, one that predicts nothing (or the opposite) drifts to 0.
         2. Rater consensus: each rater's explicit value is compared with the weighted mean
            of everything else on the response; raters who keep disagreeing lose trust.
+           The anonymous class (signals without a rater) is compared with the named
+           raters' consensus, and its trust stays within its bounds.
         """
         self.calibrator.learn(signals, self.raters.weight)
         explicit, implicit = self._accumulate(signals)
         if explicit.weight > EPS:
-            self.raters.update_consensus(signals, explicit, implicit, self._explicit_w)
+            self.raters.update_consensus(
+                signals, explicit, implicit, self._explicit_w, self.calibrator.weights
+            )
 
     def weights(self) -> dict[str, dict[str, float]]:
         """Effective weights {scenario: {signal: weight}}: explicit ones times the scenario's

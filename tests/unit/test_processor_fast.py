@@ -111,7 +111,7 @@ def config(tmp_path: Path, name: str, cache: int = 50_000) -> ProcessorConfig:
         records=RecordConfig(pair_margin=0.3),
         # Rate-limit windows are not saved: a restart would let through what one
         # process drops. Not what these tests are about.
-        fusion=FusionConfig(rater_rate_limit_per_min=10_000),
+        fusion=FusionConfig(rater_rate_limit_per_min=10_000, anonymous_rate_limit_per_min=10_000),
     )
 
 
@@ -181,7 +181,7 @@ def test_the_stream_exercises_every_path(warm: tuple[dict[str, Any], list[str]])
     provenances = {r["provenance"] for r in tables["pairs"].values()}
     assert provenances == {"edit", "regenerate"}
     assert len(tables["labels"]) > 50 and out
-    assert len(tables["fuser"]["raters"]) == 12
+    assert len(tables["fuser"]["raters"]) == 12 + 1  # and the anonymous class
 
 
 @pytest.mark.parametrize("how", ["restarted every batch", "tiny caches", "core", "restarts"])
