@@ -54,8 +54,10 @@ def make_private(path: Path) -> None:
 
 def private_sqlite(path: Path) -> None:
     """Create the SQLite file ``path`` as 0600 before SQLite opens it (its WAL and
-    shared-memory files then follow), and tighten the files an older run left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    shared-memory files then follow), and tighten the files an older run left. A missing
+    folder is left to SQLite to report, as it would without this."""
+    if not path.parent.is_dir():
+        return
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE))
     for candidate in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
         with contextlib.suppress(FileNotFoundError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import socket
 import sqlite3
@@ -54,7 +55,7 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.up = True
-        self.received: list[tuple[str, int]] = []
+        self.received: list[tuple[str, int | None]] = []
         self.made: list[FakeKafkaProducer] = []
         self.gate: threading.Event | None = None  # when set, construction waits on it
 
@@ -73,7 +74,7 @@ class FakeKafkaProducer:
     def send(self, topic: str, key: bytes | None, value: bytes) -> FakeFuture:
         if not self.broker.up:
             raise RuntimeError("broker went away")  # not a Kafka error: any exception
-        self.broker.received.append((topic, Event.model_validate_json(value).n))
+        self.broker.received.append((topic, json.loads(value).get("n")))  # n of an Event
         return FakeFuture(SimpleNamespace(timestamp=int(time.time() * 1000)))
 
     def flush(self, timeout: float | None = None) -> None:
