@@ -40,6 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from livealign.files import make_private, write_private
 from serving.canary.policy import CanaryPolicy
 from serving.config import ControllerConfig, EngineConfig, ServingConfig, StatusConfig
 from streaming.fusion import FusionConfig
@@ -227,18 +228,18 @@ class Settings(BaseSettings):
     def _secrets(self) -> dict[str, str]:
         """Secrets made once per home, so tokens stay valid across restarts."""
         path = self.home / "secrets.json"
-        if path.is_file():
-            stored: dict[str, str] = json.loads(path.read_text())
-            return stored
-        made = {
-            "feedback_secret": secrets.token_hex(32),
-            "user_hash_salt": secrets.token_hex(16),
-            "admin_key": secrets.token_urlsafe(24),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(made))
-        return made
+        if not path.is_file():
+            made = {
+                "feedback_secret": secrets.token_hex(32),
+                "user_hash_salt": secrets.token_hex(16),
+                "admin_key": secrets.token_urlsafe(24),
+            }
+            # Whole or not at all, 0600; a process that raced this one and wrote first
+            # wins, so every process of this home signs with the same secret.
+            write_private(path, json.dumps(made).encode(), replace=False)
+        make_private(path)
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
 
     def serving_config(self, model_path: Path, bootstrap: str) -> ServingConfig:
         stored = self._secrets()

@@ -69,8 +69,12 @@ PRODUCER_SPOOLED = Counter(
 )
 PRODUCER_SPOOL_FULL = Counter(
     "livealign_producer_spool_full_total",
-    "Events refused because the disk spool was full.",
+    "Events refused because the disk spool was full or could not be written.",
     ["topic"],
+)
+PRODUCER_THREAD_ERRORS = Counter(
+    "livealign_producer_thread_errors_total",
+    "Errors the producer's sender thread caught and outlived (it backs off, then goes on).",
 )
 PRODUCER_REPLAYED = Counter(
     "livealign_producer_replayed_total", "Spooled events delivered after an outage.", ["topic"]

@@ -62,7 +62,7 @@ from serving.protocol import (
 from serving.status import StatusReport
 from streaming.events import TOPIC_INTERACTIONS, InteractionEvent, new_id, now_ms
 from streaming.producer import EventProducer
-from streaming.spool import SpoolFull
+from streaming.spool import SpoolError
 from trainer.registry import Registry, RegistryError, UnknownVersion
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class ChatServer:
 
     def _emit(self, event: InteractionEvent) -> None:
         # A full spool is counted and logged by the producer; the user still gets the answer.
-        with contextlib.suppress(SpoolFull):
+        with contextlib.suppress(SpoolError):
             self.producer.submit(TOPIC_INTERACTIONS, event.conversation_id, event)
 
     # --- samples for the trainer's teacher (not user traffic) --------------------------
@@ -392,14 +392,20 @@ class ChatServer:
         return ModelList(data=[card, *extra])
 
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
+    async def healthz(self) -> JSONResponse:
+        """200 ``status: ok`` while answers are served and accepted events are delivered
+        or spooled (a broker outage alone is fine); 503 ``status: degraded``, with
+        ``delivery`` saying why, when accepted events could be neither."""
         await self.engine.check_health()
-        return {
-            "status": "ok",
+        problem = self.producer.delivery_problem()
+        body = {
+            "status": "ok" if problem is None else "degraded",
+            "delivery": problem or "ok",
             "adapter": self.adapters.stable.ref,
             "canary": self.adapters.canary_ref,
             "spooled_events": len(self.producer.spool),
         }
+        return JSONResponse(body, status_code=200 if problem is None else 503)
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> PlainTextResponse:

@@ -26,7 +26,7 @@ from streaming.events import (
 )
 from streaming.kinds import KIND_NAMES, FeedbackKind
 from streaming.producer import EventProducer
-from streaming.spool import SpoolFull
+from streaming.spool import SpoolError
 
 
 class FeedbackBatch(BaseModel):
@@ -99,7 +99,7 @@ class FeedbackDesk:
         for index, event, fut in waits:
             try:
                 await asyncio.wait_for(fut, self.delivery_timeout_s)
-            except (SpoolFull, TimeoutError) as exc:
+            except (SpoolError, TimeoutError) as exc:
                 # Not durable yet: the client must retry with the same event_id.
                 m.FEEDBACK.labels(event.kind.value, "unavailable").inc()
                 result.rejected.append(

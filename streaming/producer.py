@@ -6,12 +6,18 @@ broker cannot take them (down, restarting, timing out), events go to a bounded o
 spool, and the sender replays the spool in order once the broker answers again,
 recreating the producer first (an idempotent producer's session does not survive a
 broker restart). The future resolves to ``"sent"`` once the broker acknowledged the
-event or ``"spooled"`` once it is safe on disk; it fails with ``SpoolFull`` only when
+event or ``"spooled"`` once it is safe on disk; it fails with a ``SpoolError`` only when
 both are impossible, which is counted and logged.
+
+The sender thread outlives its own errors (a spool it cannot read, a client that
+raises): it counts and logs them, backs off and goes on, until ``close()``.
+``delivery_problem()`` says when accepted events cannot be delivered nor kept (the
+sender is not running or keeps failing, the spool refuses), for ``/healthz``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -25,7 +31,7 @@ from kafka import KafkaProducer
 from pydantic import BaseModel
 
 from monitoring import metrics as m
-from streaming.spool import Spool, SpoolFull
+from streaming.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ class EventProducer:
         self._backoff = 0.0
         self._next_try = 0.0
         self._thread = threading.Thread(target=self._run, name="livealign-producer", daemon=True)
+        self._producer_lock = threading.Lock()  # close() and the sender both drop it
+        self._error: str | None = None  # the sender's last error, while it keeps failing
+        self._refused: str | None = None  # why the spool refused the last event, until it takes one
         self._acked_ms: dict[str, int] = {}  # per topic: the newest acknowledged timestamp
         m.SPOOL_CAPACITY.set(config.spool_max_bytes)
         self._update_gauges()
@@ -75,7 +84,7 @@ class EventProducer:
         return self
 
     def submit(self, topic: str, key: str | None, event: BaseModel) -> Future[Delivery]:
-        """Queue ``event`` for ``topic``; never blocks. Raises ``SpoolFull``."""
+        """Queue ``event`` for ``topic``; never blocks. Raises ``SpoolError``."""
         item = _Item(topic, key.encode() if key else None, event.model_dump_json().encode())
         try:
             self._queue.put_nowait(item)
@@ -98,6 +107,16 @@ class EventProducer:
                 break
         self.spool.close()
 
+    def delivery_problem(self) -> str | None:
+        """Why accepted events can be neither delivered nor kept now; None when they can."""
+        return delivery_problem(
+            started=self._thread.ident is not None,
+            alive=self._thread.is_alive(),
+            stopping=self._stop.is_set(),
+            error=self._error,
+            refused=self._refused,
+        )
+
     @property
     def pending(self) -> int:
         """Events not yet acknowledged by the broker (queued or spooled)."""
@@ -105,18 +124,47 @@ class EventProducer:
 
     # --- sender thread ----------------------------------------------------------------
     def _run(self) -> None:
+        backoff = 0.0
         while not self._stop.is_set():
-            if self._broken.is_set():
-                self._drop_producer(flush_timeout=0.0)
+            item: _Item | None = None
             try:
-                item = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                item = None
-            if item is not None:
-                self._handle(item)
-            elif len(self.spool) and time.monotonic() >= self._next_try:
-                self._replay()
-            m.PRODUCER_QUEUE.set(self._queue.qsize())
+                if self._broken.is_set():
+                    self._drop_producer(flush_timeout=0.0)
+                item = self._take()
+                self._step(item)
+            except Exception as exc:  # anything: the thread must outlive it
+                backoff = min(self.config.max_backoff_s, max(0.1, backoff * 2))
+                self._on_thread_error(item, exc, backoff)
+                self._stop.wait(backoff)
+                continue
+            if self._error is not None:
+                log.info("producer sender recovered")
+            backoff, self._error = 0.0, None
+        # A producer this thread made after close() gave up waiting is closed here.
+        self._drop_producer(flush_timeout=0.0)
+
+    def _take(self) -> _Item | None:
+        try:
+            return self._queue.get(timeout=0.1)
+        except queue.Empty:
+            return None
+
+    def _step(self, item: _Item | None) -> None:
+        """One turn of the sender: send the queued event, or replay from the spool."""
+        if item is not None:
+            self._handle(item)
+        elif len(self.spool) and time.monotonic() >= self._next_try:
+            self._replay()
+        m.PRODUCER_QUEUE.set(self._queue.qsize())
+
+    def _on_thread_error(self, item: _Item | None, exc: Exception, backoff: float) -> None:
+        m.PRODUCER_THREAD_ERRORS.inc()
+        if self._error is None:  # one traceback per streak, not one per retry
+            log.exception("producer sender failed; retrying in %.1fs", backoff)
+        self._error = f"{type(exc).__name__}: {exc}"
+        self._broken.set()  # the client may be in any state: start from a fresh one
+        if item is not None and not item.future.done():
+            self._spool_item(item)  # the event in hand is kept, or refused: never dropped
 
     def _handle(self, item: _Item) -> None:
         # Keep order: while older events wait in the spool, newer ones queue behind them.
@@ -156,12 +204,15 @@ class EventProducer:
     def _spool_item(self, item: _Item) -> None:
         try:
             self.spool.append(item.topic, item.key, item.value)
-        except SpoolFull as exc:
+        except SpoolError as exc:
             m.PRODUCER_SPOOL_FULL.labels(item.topic).inc()
-            log.error("event for %s refused: %s", item.topic, exc)
+            if self._refused is None:  # one line per spell, not one per event
+                log.error("event for %s refused: %s", item.topic, exc)
+            self._refused = str(exc)
             if not item.future.done():
                 item.future.set_exception(exc)
             return
+        self._refused = None
         m.PRODUCER_SPOOLED.labels(item.topic).inc()
         self._update_gauges()
         if not item.future.done():
@@ -183,6 +234,8 @@ class EventProducer:
             log.warning("spool replay stopped after %d events: %s", len(delivered), exc)
             self._broken.set()
         self.spool.remove(delivered)
+        if delivered:
+            self._refused = None  # room again
         for r in delivered:
             m.PRODUCER_REPLAYED.labels(r.topic).inc()
             m.PRODUCER_SENT.labels(r.topic).inc()
@@ -199,8 +252,14 @@ class EventProducer:
             return self._producer
         if time.monotonic() < self._next_try:
             return None
+        made: list[Any] = []  # the client a failed construction leaves open, to close
+
+        def client(**configs: Any) -> Any:
+            made.append(KafkaProducer.DEFAULT_CONFIG["kafka_client"](**configs))
+            return made[-1]
+
         try:
-            self._producer = KafkaProducer(
+            producer = KafkaProducer(
                 bootstrap_servers=self.config.bootstrap_servers.split(","),
                 acks="all",
                 compression_type=self.config.compression_type,
@@ -208,19 +267,29 @@ class EventProducer:
                 request_timeout_ms=self.config.request_timeout_ms,
                 delivery_timeout_ms=self.config.delivery_timeout_ms,
                 max_block_ms=self.config.max_block_ms,
+                # kafka-python waits 30 s for a broker by default: a sender stuck that
+                # long outlives close() and opens a producer no one closes.
+                bootstrap_timeout_ms=self.config.max_block_ms,
                 reconnect_backoff_max_ms=1_000,
                 client_id="livealign-serving",
+                kafka_client=client,
             )
+            with self._producer_lock:
+                self._producer = producer
             self._broken.clear()
             self._backoff = 0.0
             log.info("Kafka producer created for %s", self.config.bootstrap_servers)
         except Exception as exc:
+            for c in made:  # its sockets and selector, now rather than at the next GC
+                with contextlib.suppress(Exception):
+                    c.close()
             self._schedule_retry(exc)
         return self._producer
 
     def _drop_producer(self, flush_timeout: float) -> None:
         """Close the current producer; unacknowledged sends fail over to the spool."""
-        producer, self._producer = self._producer, None
+        with self._producer_lock:
+            producer, self._producer = self._producer, None
         if producer is not None:
             try:
                 if flush_timeout > 0:
@@ -243,3 +312,17 @@ class EventProducer:
     def _update_gauges(self) -> None:
         m.SPOOL_DEPTH.set(len(self.spool))
         m.SPOOL_BYTES.set(self.spool.size_bytes)
+
+
+def delivery_problem(
+    *, started: bool, alive: bool, stopping: bool, error: str | None, refused: str | None
+) -> str | None:
+    """Why the producer cannot deliver nor keep accepted events; None when it can.
+    A broker that is down is no problem on its own: the spool keeps events meanwhile."""
+    if started and not alive and not stopping:
+        return "producer sender thread is not running"
+    if error is not None:
+        return f"producer sender keeps failing ({error})"
+    if refused is not None:
+        return f"spool refuses events ({refused})"
+    return None

@@ -1,8 +1,11 @@
 """A bounded, ordered, on-disk spool for events the broker could not take yet.
 
 SQLite gives us ordering (rowid), atomic append/delete and durability across a
-process crash with no extra dependency. The spool is bounded in bytes: a full spool
-raises ``SpoolFull`` so the caller can refuse the event loudly instead of losing it.
+process crash with no extra dependency: a record is in the file whole or not at all, so
+the spool needs no write-and-rename of its own. Its files are 0600 (users' events). The
+spool is bounded in bytes: a full spool raises ``SpoolFull``, a file that cannot be
+written ``SpoolUnwritable`` (both ``SpoolError``), so the caller can refuse the event
+loudly instead of losing it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from livealign.files import PRIVATE, private_sqlite
 
-class SpoolFull(RuntimeError):
+
+class SpoolError(RuntimeError):
+    """The spool could not take the event; it was not accepted."""
+
+
+class SpoolFull(SpoolError):
     """The spool reached its byte bound; the event was not accepted."""
+
+
+class SpoolUnwritable(SpoolError):
+    """The spool's file could not be written (disk full, I/O error, removed)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,7 @@ class Spool:
         """
         directory.mkdir(parents=True, exist_ok=True)
         for n in range(1024):
-            fd = os.open(directory / f"spool-{n}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            fd = os.open(directory / f"spool-{n}.lock", os.O_CREAT | os.O_RDWR, PRIVATE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -55,6 +68,7 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        private_sqlite(path)  # users' events: 0600, and so are the WAL files SQLite adds
         # Autocommit; each statement is its own transaction. WAL keeps appends cheap.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -83,9 +97,12 @@ class Spool:
                 raise SpoolFull(
                     f"spool {self.path} is full ({self._bytes} of {self.max_bytes} bytes)"
                 )
-            self._db.execute(
-                "INSERT INTO spool (topic, key, value) VALUES (?, ?, ?)", (topic, key, value)
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO spool (topic, key, value) VALUES (?, ?, ?)", (topic, key, value)
+                )
+            except sqlite3.Error as exc:  # the caller refuses the event, as when full
+                raise SpoolUnwritable(f"spool {self.path} cannot be written: {exc}") from exc
             self._count += 1
             self._bytes += size
 

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -45,6 +46,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from livealign.files import private_sqlite
 from streaming.events import (
     ARM_LEN,
     HASH_LEN,
@@ -206,6 +208,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file a SQLite engine opens; None for an in-memory database or a URI."""
+    name = engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
 class PreferenceStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -215,6 +225,9 @@ class PreferenceStore:
         # SQLite itself. Other databases go through SQLAlchemy Core (the same rows).
         self.direct = self.engine.dialect.name == "sqlite"
         if self.direct:
+            file = sqlite_file(self.engine)
+            if file is not None:  # users' prompts and feedback: 0600, WAL files alike
+                private_sqlite(file)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._create_tables()
         self._sql: dict[tuple[str, ...], str] = {}

@@ -67,6 +67,10 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str | None, Any]] = []
         self.spool: list[Any] = []
+        self.problem: str | None = None  # what delivery_problem() says
+
+    def delivery_problem(self) -> str | None:
+        return self.problem
 
     def submit(self, topic: str, key: str | None, event: Any) -> Future[Any]:
         self.sent.append((topic, key, event))
