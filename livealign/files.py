@@ -16,6 +16,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from trainer.registry.files import fsync_dir
+
 PRIVATE = 0o600
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -40,7 +42,7 @@ def write_private(path: Path, data: bytes, *, replace: bool = True) -> bool:
                 os.link(tmp, path)  # fails if it exists: no clobbering the other writer
             except FileExistsError:
                 return False
-        _fsync_dir(path.parent)  # the rename itself survives a power cut
+        fsync_dir(path.parent)  # the rename itself survives a power cut
         return True
     finally:
         tmp.unlink(missing_ok=True)
@@ -62,11 +64,3 @@ def private_sqlite(path: Path) -> None:
     for candidate in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
         with contextlib.suppress(FileNotFoundError):
             make_private(candidate)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
