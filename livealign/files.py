@@ -16,8 +16,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-from trainer.registry.files import fsync_dir
-
 PRIVATE = 0o600
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -64,3 +62,12 @@ def private_sqlite(path: Path) -> None:
     for candidate in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
         with contextlib.suppress(FileNotFoundError):
             make_private(candidate)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory: a rename or a new file in it survives a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -47,14 +47,6 @@ def last_lines(path: Path, n: int) -> list[str]:
     return [line.decode() for line in lines if line.strip()][-n:]
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(path: Path, data: bytes) -> None:
     with path.open("xb") as f:
         f.write(data)

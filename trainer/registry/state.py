@@ -24,8 +24,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from livealign.files import fsync_dir
 from trainer.registry.errors import RegistryError, describe_invalid
-from trainer.registry.files import fsync_dir, last_lines, locked, write_durably
+from trainer.registry.files import last_lines, locked, write_durably
 from trainer.registry.versions import Manifest
 
 log = logging.getLogger(__package__)  # "trainer.registry": one logger for the whole package

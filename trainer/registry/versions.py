@@ -20,9 +20,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from livealign.files import fsync_dir
 from trainer.registry.compat import ADAPTER_CONFIG, WEIGHT_FILES, read_adapter_config
 from trainer.registry.errors import CorruptAdapter, RegistryError, UnknownVersion, describe_invalid
-from trainer.registry.files import copy_and_hash, fsync_dir, locked, sha256_file, write_durably
+from trainer.registry.files import copy_and_hash, locked, sha256_file, write_durably
 
 log = logging.getLogger(__package__)  # "trainer.registry": one logger for the whole package
 
