@@ -21,6 +21,7 @@ import httpx
 
 from livealign.config import Settings
 from livealign.models import prepare_smollm2, prepare_tiny
+from livealign.processes import stop_process
 from monitoring import logs, targets
 from monitoring.prometheus import PrometheusServer, shipped_rules
 from streaming.broker import EmbeddedBroker, free_port
@@ -195,14 +196,7 @@ class LocalStack:
         proc, self.processor = self.processor, None
         # Stopped on purpose: no longer a target (one that died stays, and shows as down).
         targets.unregister(targets.target_file(self.settings.targets_dir, "processor", "0"))
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # the processor finishes its batch, commits, and exits
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
 
     def stop(self) -> None:
         self.stop_processor()

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from livealign.processes import stop_process
 from monitoring.targets import HOST, JOBS
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,7 @@ class PrometheusServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # it finishes writing its head block and exits
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
 
     @property
     def running(self) -> bool:

