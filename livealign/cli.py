@@ -144,12 +144,15 @@ def chat(
     message: Annotated[str, typer.Argument(help="What to say.")],
     url: Annotated[str, typer.Option(help="LiveAlign base URL.")] = "http://127.0.0.1:8000",
     thumb: Annotated[int | None, typer.Option(help="Then send a thumb, +1 or -1.")] = None,
+    api_key: Annotated[
+        str, typer.Option(envvar="LIVEALIGN_API_KEY", help="API key, if the server needs one.")
+    ] = "none",
 ) -> None:
     """Send one message, print the answer (streamed), optionally rate it."""
     import httpx
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{url}/v1", api_key="none", timeout=120)
+    client = OpenAI(base_url=f"{url}/v1", api_key=api_key, timeout=120)
     stream = client.chat.completions.create(
         model="livealign", messages=[{"role": "user", "content": message}], stream=True
     )
@@ -171,6 +174,7 @@ def chat(
                 "kind": "thumb",
                 "value": thumb,
             },
+            headers={"Authorization": f"Bearer {api_key}"},
             timeout=30,
         )
         typer.echo(f"feedback: {r.status_code} {r.text}")
@@ -195,6 +199,9 @@ def simulate(
     explicit_rate: Annotated[float, typer.Option(help="Thumb/rating per answer.")] = 0.05,
     max_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 64,
     seed: Annotated[int, typer.Option(help="Seeds users, prompts and behaviour.")] = 0,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="LIVEALIGN_API_KEY", help="API key, if needed.")
+    ] = None,
 ) -> None:
     """Simulated users chat and give feedback through the public API, with progress."""
     import asyncio
@@ -216,7 +223,7 @@ def simulate(
     )
     config = SimulationConfig(
         url=url, users=users, concurrency=concurrency, max_tokens=max_tokens, seed=seed,
-        population=population,
+        population=population, api_key=api_key,
     )  # fmt: skip
     with Progress() as bar:
         task = bar.add_task("chats", total=chats)
@@ -239,6 +246,67 @@ def prepare(
 
     logs.setup()
     typer.echo(resolve_model(Settings.load(config, model=model)))
+
+
+keys_app = typer.Typer(help="API keys of chat and feedback (used when api_keys is on).")
+app.add_typer(keys_app, name="keys")
+
+
+def _keys_file(config: Path | None, home: Path | None) -> Path:
+    return Settings.load(config, home=home).api_keys_file
+
+
+@keys_app.command("add")
+def keys_add(
+    principal: Annotated[str, typer.Argument(help="Tenant or app name: a-z, 0-9, . _ -")],
+    chat_per_minute: Annotated[int, typer.Option(help="Chat requests a minute.")] = 600,
+    feedback_per_minute: Annotated[int, typer.Option(help="Feedback events a minute.")] = 1200,
+    config: ConfigOpt = None,
+    home: Annotated[Path | None, typer.Option(help="State folder.")] = None,
+) -> None:
+    """Make a key for a new principal and print it: it is shown this once, only its
+    SHA-256 is kept. Serving picks it up within seconds."""
+    from serving import auth
+
+    try:
+        key = auth.add_key(
+            _keys_file(config, home), principal,
+            chat_per_minute=chat_per_minute, feedback_per_minute=feedback_per_minute,
+        )  # fmt: skip
+    except auth.KeysFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    config: ConfigOpt = None,
+    home: Annotated[Path | None, typer.Option(help="State folder.")] = None,
+) -> None:
+    """Each principal with its limits (never a key)."""
+    from serving import auth
+
+    for k in auth.read_keys(_keys_file(config, home)):
+        typer.echo(
+            f"{k.principal}\tchat {k.chat_per_minute}/min\tfeedback {k.feedback_per_minute}/min"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    principal: Annotated[str, typer.Argument(help="Whose key to revoke.")],
+    config: ConfigOpt = None,
+    home: Annotated[Path | None, typer.Option(help="State folder.")] = None,
+) -> None:
+    """Remove a principal's key: its requests get 401 within seconds."""
+    from serving import auth
+
+    try:
+        auth.revoke_key(_keys_file(config, home), principal)
+    except auth.KeysFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 adapters_app = typer.Typer(help="Adapter versions: list, promote, roll back (admin API).")

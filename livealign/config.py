@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         "replica's metrics endpoint.",
     )
     admin_key: SecretStr | None = Field(None, description="Admin API key; none: made once.")
+    api_keys: bool = Field(
+        False,
+        description="Require an API key on chat, models and feedback (the keys are in the "
+        "home's api_keys.json, managed with `livealign keys`); off: open to every caller.",
+    )
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
 
@@ -262,6 +267,7 @@ class Settings(BaseSettings):
             feedback_secret=self.feedback_secret or SecretStr(stored["feedback_secret"]),
             user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
+            api_keys_file=self.api_keys_file if self.api_keys else None,
             registry_dir=self.registry_dir,
             canary_unit=self.canary_unit,
             canary_policy=self.canary_policy(),
@@ -280,6 +286,11 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return (self.home / "registry").resolve()
+
+    @property
+    def api_keys_file(self) -> Path:
+        """The API keys (their digests and limits): ``livealign keys`` writes it."""
+        return (self.home / "api_keys.json").resolve()
 
     @property
     def targets_dir(self) -> Path:

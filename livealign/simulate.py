@@ -42,6 +42,7 @@ class SimulationConfig(BaseModel):
         0.1, ge=0, lt=1, description="Prompts kept out of the simulation, for evaluation."
     )
     timeout_s: float = Field(300.0, gt=0, description="Timeout of each HTTP call.")
+    api_key: str | None = Field(None, description="API key sent with every call, if needed.")
     population: PopulationConfig = Field(default_factory=PopulationConfig)
 
 
@@ -111,8 +112,10 @@ class Simulator:
             await asyncio.gather(*(worker(client) for _ in range(self.config.concurrency)))
             return stats
         limits = httpx.Limits(max_connections=self.config.concurrency)
+        key = self.config.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else None
         async with httpx.AsyncClient(
-            base_url=self.config.url, timeout=self.config.timeout_s, limits=limits
+            base_url=self.config.url, timeout=self.config.timeout_s, limits=limits, headers=headers
         ) as http:
             await asyncio.gather(*(worker(http) for _ in range(self.config.concurrency)))
         return stats

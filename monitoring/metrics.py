@@ -40,6 +40,12 @@ DECODE_SPEED = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 IN_FLIGHT = Gauge("livealign_chat_in_flight", "Chat requests being generated now.", ["adapter"])
+API_CALLS = Counter(
+    "livealign_api_calls_total",
+    "Chat and feedback calls by API-key principal (`public` while keys are off; `none` "
+    "without a valid key) and outcome: ok, unauthenticated, rate_limited.",
+    ["principal", "route", "outcome"],
+)
 FEEDBACK = Counter(
     "livealign_feedback_total",
     "Feedback events by kind and outcome (accepted, or the reason for rejection).",

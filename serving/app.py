@@ -27,8 +27,9 @@ from ray.serve.deployment import Application
 from starlette.exceptions import HTTPException
 
 from monitoring import logs
+from monitoring import metrics as m
 from monitoring.targets import Exporter
-from serving import chat, sampling, status, tokens
+from serving import auth, chat, sampling, status, tokens
 from serving.adapters import AdapterManager
 from serving.canary import assign, commands
 from serving.config import DEPLOYMENT_NAME, ServingConfig
@@ -46,6 +47,7 @@ from serving.openapi import (
     AdapterRef,
     AdminCredentials,
     AdminKeyHeader,
+    ApiCredentials,
     ArmHeader,
     ConversationHeader,
     LiveAlignAPI,
@@ -122,6 +124,7 @@ class ChatServer:
         self.engine = Engine(config.engine)
         self.secret = config.feedback_secret.get_secret_value().encode()
         self.salt = config.user_hash_salt.get_secret_value().encode()
+        self.keys = auth.KeyRing(config.api_keys_file)
         registry = Registry(config.registry_dir) if config.registry_dir else None
         # The user-hash salt keys the canary assignment too: a secret the server has anyway.
         self.adapters = AdapterManager(self.engine, registry, self.salt, config.drain_timeout_s)
@@ -150,10 +153,12 @@ class ChatServer:
     async def chat_completions(
         self,
         body: ChatCompletionRequest,
+        credentials: ApiCredentials,
         conversation_id: ConversationHeader = None,
         arm: ArmHeader = None,
         admin_key: AdminKeyHeader = None,
     ) -> JSONResponse | StreamingResponse:
+        principal = self._caller(credentials, "chat")
         if body.model != self.config.engine.served_model_name:
             raise APIError(
                 404,
@@ -163,7 +168,7 @@ class ChatServer:
                 param="model",
             )
         pin = self._pin(arm, admin_key)
-        turn = self._turn(body, body.conversation_id or conversation_id, pin)
+        turn = self._turn(body, body.conversation_id or conversation_id, pin, principal)
         headers = {
             "X-LiveAlign-Response-Id": turn.info.response_id,
             "X-LiveAlign-Conversation-Id": turn.info.conversation_id,
@@ -181,10 +186,14 @@ class ChatServer:
         return JSONResponse(result.model_dump(mode="json"), headers=headers)
 
     def _turn(
-        self, body: ChatCompletionRequest, conversation_id: str | None, pin: str | None
+        self,
+        body: ChatCompletionRequest,
+        conversation_id: str | None,
+        pin: str | None,
+        principal: str,
     ) -> chat.Turn:
         conversation_id = conversation_id or new_id("conv")
-        user_hash = tokens.hash_user(self.salt, body.user) if body.user else None
+        user_hash = tokens.hash_user(self.salt, principal, body.user) if body.user else None
         prompt_ids = self.engine.render(body.chat_messages())
         params = chat.sampling_params(
             body,
@@ -202,6 +211,7 @@ class ChatServer:
             conversation_id,
             user_hash,
             self.config.feedback_token_ttl_s,
+            principal,
         )
         info = LiveAlignInfo(
             response_id=response_id,
@@ -245,15 +255,55 @@ class ChatServer:
         responses=FEEDBACK_RESPONSES,
         openapi_extra=FEEDBACK_BODY,
     )
-    async def post_feedback(self, request: Request) -> JSONResponse:
+    async def post_feedback(self, request: Request, credentials: ApiCredentials) -> JSONResponse:
+        principal = self._caller(credentials, "feedback", charge=False)
         # The body is bounded by BodySizeLimit while it is read.
         items, batch = self.feedback.parse(await request.body())
-        result = await self.feedback.accept(items)
+        self._charge(principal, "feedback", len(items))  # each event of a batch counts
+        result = await self.feedback.accept(items, principal)
         if not batch and result.rejected:
             first = result.rejected[0]
             raise APIError(first.status, first.error, code=None)
         status = 202 if result.accepted else max(r.status for r in result.rejected)
         return JSONResponse(result.model_dump(mode="json"), status_code=status)
+
+    # --- API keys (serving.auth) --------------------------------------------------------
+    def _caller(
+        self,
+        credentials: HTTPAuthorizationCredentials | None,
+        route: auth.Route,
+        charge: bool = True,
+    ) -> str:
+        """The principal of this request, charged one request against its rate limit
+        (429 over it) unless ``charge`` is off."""
+        principal = self._authenticate(credentials, route)
+        if charge:
+            self._charge(principal, route, 1)
+        return principal
+
+    def _authenticate(self, credentials: HTTPAuthorizationCredentials | None, route: str) -> str:
+        """The principal of this request; 401 without a valid key while keys are on."""
+        try:
+            return self.keys.authenticate(credentials.credentials if credentials else None)
+        except auth.Refused as exc:
+            m.API_CALLS.labels("none", route, "unauthenticated").inc()
+            raise APIError(
+                exc.status, str(exc), code=exc.code, headers={"WWW-Authenticate": "Bearer"}
+            ) from exc
+
+    def _charge(self, principal: str, route: auth.Route, n: int) -> None:
+        try:
+            self.keys.charge(principal, route, n)
+        except auth.Refused as exc:
+            m.API_CALLS.labels(principal, route, "rate_limited").inc()
+            raise APIError(
+                429,
+                str(exc),
+                type_="rate_limit_error",
+                code=exc.code,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from exc
+        m.API_CALLS.labels(principal, route, "ok").inc()
 
     # --- admin ------------------------------------------------------------------------------
     def _is_admin_key(self, given: str | None) -> bool:
@@ -379,8 +429,9 @@ class ChatServer:
         return await self.board.report(self.adapters.loaded())
 
     # --- the rest -----------------------------------------------------------------------
-    @api.get("/v1/models", response_model=ModelList)
-    async def models(self) -> ModelList:
+    @api.get("/v1/models", response_model=ModelList, responses=errors(401))
+    async def models(self, credentials: ApiCredentials) -> ModelList:
+        self._authenticate(credentials, "models")
         name = self.config.engine.served_model_name
         card = ModelCard(id=name, root=self.config.engine.model_path)
         loaded = (self.adapters.stable, self.adapters.canary)

@@ -114,6 +114,11 @@ class ServingConfig(BaseModel):
     )
     drain_timeout_s: float = Field(300.0, description="Longest wait for in-flight requests.")
     admin_key: SecretStr | None = Field(None, description="Bearer key of /admin; none: off.")
+    api_keys_file: Path | None = Field(
+        None,
+        description="API keys (serving.auth): chat, models and feedback need one of this "
+        "file's keys; none: open to every caller, as the principal `public`.",
+    )
     store_url: str | None = Field(
         None, description="The preference store, read by the status page; none: not shown."
     )

@@ -83,12 +83,13 @@ class FeedbackDesk:
             return items, True
         return [data], False
 
-    async def accept(self, items: list[Any]) -> FeedbackResult:
+    async def accept(self, items: list[Any], principal: str = tokens.PUBLIC) -> FeedbackResult:
+        """Each item, sent by ``principal`` (serving.auth), accepted or rejected."""
         result = FeedbackResult(accepted=[])
         waits: list[tuple[int, FeedbackEvent, asyncio.Future[Any]]] = []
         for index, raw in enumerate(items):
             try:
-                event = self._validate(raw)
+                event = self._validate(raw, principal)
                 fut = asyncio.wrap_future(
                     self.producer.submit(TOPIC_FEEDBACK, event.conversation_id, event)
                 )
@@ -116,7 +117,7 @@ class FeedbackDesk:
         result.rejected.sort(key=lambda r: r.index)
         return result
 
-    def _validate(self, raw: Any) -> FeedbackEvent:
+    def _validate(self, raw: Any, principal: str) -> FeedbackEvent:
         try:
             item = FeedbackIn.model_validate(raw)
         except ValidationError as exc:
@@ -125,6 +126,14 @@ class FeedbackDesk:
             claims = tokens.verify(self.secret, item.response_id, item.feedback_token)
         except tokens.TokenError as exc:
             raise APIError(403, str(exc), type_="permission_error", code="bad_token") from exc
+        if claims.principal != principal:
+            # A token lifted from another tenant's response is no use with one's own key.
+            raise APIError(
+                403,
+                "feedback_token was issued to another API key",
+                type_="permission_error",
+                code="bad_token",
+            )
         return FeedbackEvent(
             event_id=item.event_id or new_id("fb"),
             response_id=item.response_id,

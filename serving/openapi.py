@@ -51,13 +51,15 @@ class LiveAlignAPI(FastAPI):
 
 ERROR_TEXT = {
     400: "Malformed: not JSON, or a field out of its bounds (the message names it).",
-    401: "No admin key: send `Authorization: Bearer <admin key>`.",
+    401: "No or an unknown key: send `Authorization: Bearer <key>` (the admin key on "
+    "/admin, an API key on chat, models and feedback when the server requires them).",
     403: "Not allowed: a wrong admin key, a bad feedback token, or the admin API is off.",
     404: "No such model or adapter version.",
     409: "No canary (or no rollout) to act on, or an adapter refused.",
     413: f"The body is over {LIMITS.max_body_bytes} bytes, or a batch over "
     f"{LIMITS.max_feedback_batch} events.",
     422: "A well-formed body with a wrong value (the message names it).",
+    429: "Over the API key's rate limit: retry after the `Retry-After` seconds.",
     503: "Not stored yet (broker down, spool full): retry with the same event_id.",
 }
 
@@ -109,7 +111,7 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": SSE_EVENT}},
         "headers": CHAT_HEADERS,
     },
-    **errors(400, 403, 404, 409, 413),
+    **errors(400, 401, 403, 404, 409, 413, 429),
 }
 FEEDBACK_BODY = json_body(
     {"anyOf": [ref(FeedbackIn), ref(FeedbackBatch)]},
@@ -120,7 +122,7 @@ SET_WEIGHT_BODY = json_body(ref(CanaryWeight))
 # status of its worst item when none was accepted.
 FEEDBACK_REFUSED = {"anyOf": [ref(ErrorResponse), ref(FeedbackResult)]}
 FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **errors(400),
+    **errors(400, 401, 429),
     **{
         code: {
             "description": ERROR_TEXT[code],
@@ -150,6 +152,13 @@ ADMIN_BEARER = HTTPBearer(
     description="The admin key: LIVEALIGN_ADMIN_KEY, or the one kept in the home's secrets.json.",
 )
 AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_BEARER)]
+API_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key (`livealign keys add`), when the server requires them "
+    "(api_keys); without, these routes are open.",
+)
+ApiCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(API_BEARER)]
 ConversationHeader = Annotated[
     ConversationId | None,
     Header(alias="X-Conversation-Id", description="The conversation, if the body names none."),

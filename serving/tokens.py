@@ -1,7 +1,8 @@
 """Feedback tokens: proof that the sender received the response it rates.
 
 A token is ``<payload>.<signature>``: the payload (base64url JSON) carries the
-conversation id, the hashed user and the expiry; the signature is an HMAC-SHA256 with
+conversation id, the hashed user, the API-key principal the response was answered for
+and the expiry; the signature is an HMAC-SHA256 with
 the server secret over the response id and that payload. The response id is not in the
 token, so a token lifted from one response is worthless for another. Stateless: any
 replica can verify any token.
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 # What ``issue`` makes: two base64url parts. Anything else (non-ASCII included) is refused
 # before it reaches a comparison.
+PUBLIC = "public"  # the principal of every caller while API keys are off (serving.auth)
+
 TOKEN_FORM = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -31,6 +34,7 @@ class TokenClaims:
     conversation_id: str
     user_hash: str | None
     expires_at: int
+    principal: str = PUBLIC  # tokens made before keys existed name none
 
 
 def _b64(data: bytes) -> str:
@@ -52,10 +56,11 @@ def issue(
     conversation_id: str,
     user_hash: str | None,
     ttl_s: int,
+    principal: str = PUBLIC,
     now: float | None = None,
 ) -> str:
     expires_at = int((now if now is not None else time.time()) + ttl_s)
-    claims = {"c": conversation_id, "u": user_hash, "e": expires_at}
+    claims = {"c": conversation_id, "u": user_hash, "e": expires_at, "p": principal}
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
     return f"{payload}.{_sign(secret, response_id, payload)}"
 
@@ -69,7 +74,9 @@ def verify(secret: bytes, response_id: str, token: str, now: float | None = None
         raise TokenError("feedback_token does not match this response_id")
     try:
         claims = json.loads(_unb64(payload))
-        result = TokenClaims(str(claims["c"]), claims.get("u"), int(claims["e"]))
+        result = TokenClaims(
+            str(claims["c"]), claims.get("u"), int(claims["e"]), str(claims.get("p", PUBLIC))
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TokenError("feedback_token is malformed") from exc
     if result.expires_at < (now if now is not None else time.time()):
@@ -77,9 +84,11 @@ def verify(secret: bytes, response_id: str, token: str, now: float | None = None
     return result
 
 
-def hash_user(salt: bytes, user: str) -> str:
-    """A stable pseudonym for the OpenAI ``user`` field; the raw value never leaves."""
-    return hmac.new(salt, user.encode(), hashlib.sha256).hexdigest()[:32]
+def hash_user(salt: bytes, principal: str, user: str) -> str:
+    """A stable pseudonym for the OpenAI ``user`` field as vouched for by ``principal``
+    (the API key's; a principal name has no NUL): the raw value never leaves, and two keys
+    naming the same user are two raters."""
+    return hmac.new(salt, f"{principal}\0{user}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def same_secret(given: str | None, secret: str) -> bool:

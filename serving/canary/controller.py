@@ -16,7 +16,8 @@ speaks decides:
                                                     exposure small and look again)
  8. fewer than min_conversations       → hold
  9. CS lower ≤ -margin                 → hold      (not yet shown non-inferior)
-10. the step's minimum count or time   → hold
+10. the step's minimum count or time,  → hold      (a step is never passed unguarded)
+    or too few requests for guardrails
 11. otherwise                          → promote, or complete after the last step
 
 CS is the (1 - alpha) confidence sequence of the mean fused score, canary - stable, over
@@ -134,6 +135,7 @@ class Stats:
     interval: Interval  # the confidence sequence of canary - stable
     srm_p_value: float | None
     guardrails: tuple[Guardrail, ...]
+    guarded: bool = True  # both arms have the requests the guardrails need
 
 
 class Verdict(NamedTuple):
@@ -213,6 +215,7 @@ def measure(policy: CanaryPolicy, state: RolloutState, arms: Arms) -> Stats:
         interval=confidence_sequence(canary.scores, stable.scores, policy.alpha, policy.mixture_sd),
         srm_p_value=srm_p_value(canary.conversations, stable.conversations, weight),
         guardrails=guardrails(policy, canary, stable),
+        guarded=min(canary.requests, stable.requests) >= policy.guardrail_min_requests,
     )
 
 
@@ -337,8 +340,16 @@ def _step_unfinished(
 ) -> Verdict | None:
     need, have = policy.step_min_conversations[state.step], min(stats.n_canary, stats.n_stable)
     waited = now - state.step_started_at
-    if have >= need and waited >= policy.min_step_s:
+    if have >= need and waited >= policy.min_step_s and stats.guarded:
         return None
+    if have >= need and waited >= policy.min_step_s:
+        # A step is not passed on the score alone: its guardrails must have had a look.
+        return Verdict(
+            Action.HOLD,
+            Reason.STEP_MINIMUM,
+            f"Step {stats.weight:.0%} waits for the guardrails: "
+            f"{policy.guardrail_min_requests} requests per arm before they are evaluated.",
+        )
     return Verdict(
         Action.HOLD,
         Reason.STEP_MINIMUM,

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from serving import app as serving_app
+from serving import auth
 from serving.adapters import AdapterManager
 from serving.config import EngineConfig, ServingConfig, StatusConfig
 from serving.feedback import FeedbackDesk
@@ -98,7 +99,9 @@ def _servable_dependency() -> Callable[[], Any]:
     return dependency
 
 
-def make_server(tmp_path: Path, status: StatusConfig | None = None) -> Any:
+def make_server(
+    tmp_path: Path, status: StatusConfig | None = None, api_keys_file: Path | None = None
+) -> Any:
     """A ChatServer, its attributes set as its __init__ would, on the fakes (the status
     page reads the registry and a SQLite store in ``tmp_path``)."""
     status = status or StatusConfig()
@@ -116,12 +119,14 @@ def make_server(tmp_path: Path, status: StatusConfig | None = None) -> Any:
         registry_dir=registry.root,
         store_url=f"sqlite:///{tmp_path / 'preferences.sqlite'}",
         status=status,
+        api_keys_file=api_keys_file,
     )
     server = object.__new__(_class_route_endpoint()._serve_cls)  # ChatServer's own class
     server.config = config
     server.engine = FakeEngine(model_dir)
     server.secret = SECRET
     server.salt = b"salt"
+    server.keys = auth.KeyRing(api_keys_file)
     server.adapters = AdapterManager(server.engine, registry, server.salt)
     server.producer = FakeProducer()
     server.feedback = FeedbackDesk(server.producer, SECRET, LIMITS.max_feedback_batch, 1.0)
@@ -130,9 +135,11 @@ def make_server(tmp_path: Path, status: StatusConfig | None = None) -> Any:
 
 
 @contextmanager
-def serving(tmp_path: Path, status: StatusConfig | None = None) -> Iterator[Any]:
+def serving(
+    tmp_path: Path, status: StatusConfig | None = None, api_keys_file: Path | None = None
+) -> Iterator[Any]:
     """``serving.app.api`` answering with a fake ChatServer (yielded) while inside."""
-    server = make_server(tmp_path, status)
+    server = make_server(tmp_path, status, api_keys_file)
     overrides = serving_app.api.dependency_overrides
     key = _servable_dependency()
     overrides[key] = lambda: server

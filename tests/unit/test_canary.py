@@ -185,6 +185,17 @@ def test_guardrails_wait_for_their_minimum_requests() -> None:
     assert all(g.value is None for g in decision.stats.guardrails)
 
 
+def test_a_step_is_not_passed_before_its_guardrails_are_evaluated() -> None:
+    canary = _arm(requests=POLICY.guardrail_min_requests - 1)  # scores enough, requests not
+    decision = decide(POLICY, START, _arms(canary), LATER)
+    assert (decision.action, decision.reason) == (Action.HOLD, Reason.STEP_MINIMUM)
+    assert "guardrails" in decision.message
+    n = POLICY.guardrail_min_requests  # the same rates as stable's, on fewer requests
+    enough = _arm(requests=n, errors=n // 100, thumbs_down=n // 25, regenerates=n // 12,
+                  answer_tokens=120 * (n - n // 100))  # fmt: skip
+    assert decide(POLICY, START, _arms(enough), LATER).action is Action.PROMOTE
+
+
 def test_ordinary_guardrail_breach_holds() -> None:
     decision = decide(POLICY, START, _arms(_arm(latency_p95_s=2.6)), LATER)  # ratio 1.3
     assert (decision.action, decision.reason) == (Action.HOLD, Reason.GUARDRAIL)

@@ -31,6 +31,7 @@ def test_token_round_trip_and_every_refusal() -> None:
 
 
 def test_user_hash_is_stable_and_salted() -> None:
-    assert tokens.hash_user(b"a", "alice") == tokens.hash_user(b"a", "alice")
-    assert tokens.hash_user(b"a", "alice") != tokens.hash_user(b"b", "alice")
-    assert "alice" not in tokens.hash_user(b"a", "alice")
+    assert tokens.hash_user(b"a", "acme", "alice") == tokens.hash_user(b"a", "acme", "alice")
+    assert tokens.hash_user(b"a", "acme", "alice") != tokens.hash_user(b"b", "acme", "alice")
+    assert tokens.hash_user(b"a", "acme", "alice") != tokens.hash_user(b"a", "other", "alice")
+    assert "alice" not in tokens.hash_user(b"a", "acme", "alice")
