@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from livealign.config import Settings
+from livealign.files import write_private
 from livealign.models import prepare_smollm2, prepare_tiny
 from livealign.processes import stop_process
 from monitoring import logs, targets
@@ -44,6 +46,29 @@ def resolve_model(settings: Settings) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"--model {path}: not an HF-format model folder (no config.json)")
     return path
+
+
+def ray_token_auth(home: Path) -> str:
+    """Ray's token authentication, unless ``RAY_AUTH_MODE`` says otherwise: without it,
+    any process that reaches this machine's Ray ports can run code in the cluster (and
+    so read the secrets, write the registry, train on anything). The token is made once
+    and kept in the home, mode 0600; ``RAY_AUTH_TOKEN_PATH`` points Ray's own tools
+    (``ray status``) and every worker at it. Returns the mode Ray runs in."""
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token").lower()
+    if mode != "token":
+        return mode
+    token = (home / "ray_auth_token").resolve()
+    path = Path(os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token)))
+    if not path.exists():
+        write_private(path, secrets.token_hex(32).encode())  # 256 bits, as Ray's own
+    # Ray reads the mode and the token once per process, when first imported (a test
+    # session or a caller may have imported it already): read them again, or this
+    # driver would talk to its token-checking cluster without one.
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    return mode
 
 
 class LocalStack:
@@ -95,7 +120,7 @@ class LocalStack:
         from serving.app import build_app
 
         logs.adopt("ray.serve")  # its lines to our handlers (the log file; the terminal's filter)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        mode = ray_token_auth(s.home)
         ray.init(
             num_cpus=s.ray_num_cpus,
             include_dashboard=False,
@@ -105,7 +130,7 @@ class LocalStack:
         self._ray_started = True
         if self.quiet and not logs.quiet_worker_output():
             log.warning("this Ray version's worker output cannot be filtered: all of it shows")
-        log.info("Ray started (%d CPUs)", s.ray_num_cpus)
+        log.info("Ray started (%d CPUs, authentication: %s)", s.ray_num_cpus, mode)
         serve.start(http_options={"host": s.host, "port": s.port})
         config = s.serving_config(model_path, self.bootstrap)
         serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)

@@ -123,6 +123,16 @@ PROC_ORPHANS = Counter(
 PROC_DROPS = Counter(
     "livealign_processor_drops_total", "Events dropped while cleaning, by reason.", ["reason"]
 )
+COORDINATION_NEWCOMER_SCALE = Gauge(
+    "livealign_processor_newcomer_scale",
+    "Weight factor of every newcomer rater now: 1 while newcomers' votes are within their "
+    "budget, lower during a burst of fresh ids.",
+)
+COORDINATION_LOCKSTEP = Counter(
+    "livealign_processor_lockstep_raters_total",
+    "Raters found voting in lockstep (the same partners in the same second, again and "
+    "again), down-weighted from then on.",
+)
 PROC_RECORDS = Counter(
     "livealign_processor_records_total",
     "Training records written (upserts), by type.",

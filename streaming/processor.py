@@ -203,6 +203,7 @@ class Processor:
         self._labels: Lru[str, ConversationLabels] = Lru(config.cache_conversations)
         self._pending: Lru[str, WireFeedback] = Lru(config.cache_responses)  # by event id
         self._consumed_ms: dict[str, int] = {}  # per topic: the newest record processed
+        self._flagged = 0  # lockstep raters counted in the metric so far
         # The series the alerts read exist from the start, at 0: Prometheus's increase()
         # misses a counter's first step when its series appears already at that value.
         for reason in DROP_REASONS:
@@ -328,6 +329,11 @@ class Processor:
         for scenario, weights in self.fuser.weights().items():
             for signal, weight in weights.items():
                 m.FUSION_WEIGHT.labels(scenario, signal).set(weight)
+        coordination = self.fuser.coordination
+        m.COORDINATION_NEWCOMER_SCALE.set(coordination.newcomer_scale())
+        if coordination.flagged > self._flagged:
+            m.COORDINATION_LOCKSTEP.inc(coordination.flagged - self._flagged)
+            self._flagged = coordination.flagged
         m.PROC_BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         return out
 
@@ -365,9 +371,11 @@ class Processor:
         stored = self.store.new_interactions(tx, latest)
         rows: list[s.Row] = []
         remember, no_signals = self._interactions.put, self._joined.put
+        chat = self.fuser.coordination.chat
         for rid, (e, text) in latest.items():
             if rid in stored:
                 continue  # a replay or a duplicate: the stored one stays
+            chat(e.user_hash)
             digest = prompt_hash(e.messages)
             rows.append(s.interaction_row(e, text, digest))
             remember(rid, Known(e, digest, False))
@@ -450,6 +458,7 @@ class Processor:
                              "signal": _signal_json(old.signal)}
                         )  # fmt: skip
                     signal = observe(signal)
+                    self._coordinate(e, signal)
                     joins += 1
                     by_arm[(e.kind.value, interaction.adapter, interaction.arm)] += 1
                     status, reason = "joined", None
@@ -475,6 +484,14 @@ class Processor:
         self.store.set_feedback(tx, superseded)
         return touched
 
+    def _coordinate(self, e: WireFeedback, signal: Signal) -> None:
+        """Tell coordination (streaming.fusion.coordination) of a new joined signal."""
+        ms = min(e.received_ms, now_ms())
+        if signal.explicit:
+            self.fuser.coordination.vote(signal.rater, ms)
+        if e.kind == _EDIT:
+            self.fuser.coordination.edit(signal.rater, ms)
+
     def emit(self, tx: Connection, touched: set[str], settled_only: bool) -> list[Record]:
         """Fuse every touched response and upsert what it now makes (the rules are
         ``streaming.records``): its label, pairs and outcome. A response makes them once
@@ -488,6 +505,11 @@ class Processor:
             touched = {rid for rid in touched if known[rid].calibrated}
         joined = self._joined_signals(tx, touched)
         config, fuse, trust = self.config.records, self.fuser.fuse, self.fuser.rater_weight
+        edit_factor = self.fuser.coordination.edit_factor
+
+        def per_edit(j: Joined) -> float:
+            return edit_factor(j.signal.rater)
+
         labels: list[PreferenceLabel] = []
         pairs: list[PreferencePair] = []
         outcomes: list[ResponseOutcome] = []
@@ -498,7 +520,7 @@ class Processor:
             if made := rules.label(rid, event, fused, config):
                 labels.append(made)
             edits = [
-                (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater))
+                (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater) * per_edit(j))
                 for j in signals
                 if j.edited is not None
             ]

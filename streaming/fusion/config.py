@@ -92,6 +92,11 @@ class FusionConfig(BaseModel):
     anonymous_rate_limit_per_min, anonymous_prior_trust, anonymous_trust_floor,
     anonymous_trust_cap
 
+    > Coordinated raters (``coordination``)
+
+    coordination_window_s, newcomer_chats, newcomer_share, newcomer_floor, lockstep_bucket_ms,
+    lockstep_min_group, lockstep_repeats, lockstep_factor, edit_budget
+
     > Calibration of implicit signals against the other evidence (votes, edits, regenerates)
 
     calibration_outcome_weights, calibration_label_saturation, calibration_lr,
@@ -277,6 +282,62 @@ class FusionConfig(BaseModel):
         le=1,
         description="Most trust anonymous feedback can earn, however much it agrees: below "
         "an unknown named rater's 0.75, as anyone can send it.",
+    )
+
+    # --- coordinated raters (``coordination``) ----------------------------------------------
+    # A rater's weight (in fusion, and so in every label and edit pair) is also scaled by
+    # what many raters do together: fresh ids in a burst, a ring voting in lockstep, one
+    # rater's flood of edits. Transient: a restart starts the windows again.
+    coordination_window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="The window newcomers' and established raters' votes, and each rater's "
+        "edits, are counted over.",
+    )
+    newcomer_chats: int = Field(
+        3,
+        ge=0,
+        description="A rater is a newcomer until this many of their chats were answered: a "
+        "fresh id made for one vote stays one. 0: nobody is.",
+    )
+    newcomer_share: float = Field(
+        0.25,
+        ge=0,
+        description="Newcomers' explicit votes in the window count, all together, as at most "
+        "this share of the established raters' votes (or newcomer_floor): beyond it every "
+        "newcomer's weight is scaled down alike. Organic sign-ups stay under it; a burst of "
+        "fresh ids (Sybils) does not.",
+    )
+    newcomer_floor: int = Field(
+        50,
+        ge=0,
+        description="Newcomer votes in the window that always count fully (a new deployment's "
+        "first users are all newcomers).",
+    )
+    lockstep_bucket_ms: int = Field(
+        1000, ge=1, description="Votes in the same bucket of server time are 'together'."
+    )
+    lockstep_min_group: int = Field(
+        4,
+        ge=2,
+        description="Distinct raters voting together that make a bucket count as a group; "
+        "a bucket of more than 16 times this is not examined (too busy to tell).",
+    )
+    lockstep_repeats: int = Field(
+        3,
+        ge=2,
+        description="Times two raters must vote together to be partners. A rater with "
+        "lockstep_min_group - 1 partners votes in lockstep.",
+    )
+    lockstep_factor: float = Field(
+        0.05, ge=0, le=1, description="Weight factor of a rater who votes in lockstep."
+    )
+    edit_budget: int = Field(
+        3,
+        ge=1,
+        description="Edits of one rater in the window that count fully; beyond, each of the "
+        "rater's edit pairs weighs budget / edits (one rater rewriting every answer into the "
+        "same text cannot become the training set).",
     )
 
     # --- calibration of implicit signals -----------------------------------------------------

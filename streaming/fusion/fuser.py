@@ -14,6 +14,7 @@ from typing import Any
 from streaming.events import AnyInteraction
 from streaming.fusion.calibration import Calibrator
 from streaming.fusion.config import SCENARIOS, FusionConfig, Scenario
+from streaming.fusion.coordination import Coordination
 from streaming.fusion.raters import ANONYMOUS, RateLimiter, Raters
 from streaming.fusion.scenario import ScenarioDetector
 from streaming.fusion.signals import Signal
@@ -50,6 +51,7 @@ class Fuser:
         self.calibrator = Calibrator(config)
         self.limiter = RateLimiter(config)
         self.scenarios = ScenarioDetector(config)
+        self.coordination = Coordination(config)
         self._explicit_w = dict(config.explicit_weights)
         mode_share = {"explicit": 1.0, "implicit": 0.0}.get(config.mode)
         self._share: dict[str, float] = {
@@ -61,7 +63,10 @@ class Fuser:
         # Bound once: they run for every event.
         self.allow = self.limiter.allow
         self.observe = self.raters.observe
-        self.rater_weight = self.raters.weight
+
+    def rater_weight(self, rater: str | None) -> float:
+        """A rater's weight in fusion: their trust, times what coordination says of them."""
+        return self.raters.weight(rater) * self.coordination.factor(rater)
 
     # -- fusion
 
@@ -70,6 +75,7 @@ class Fuser:
         explicit_w, implicit_w = self._explicit_w, self.calibrator.weights
         raters = self.raters.stats
         default, anonymous = self.raters.default_weight, self.raters.anonymous_default_weight
+        coordination, newcomer_scale = self.coordination.factor, self.coordination.newcomer_scale()
         ew = et = es = iw = it = is_ = 0.0
         ec = ic = 0
         for s in signals:
@@ -79,6 +85,8 @@ class Fuser:
                 w = s.strength * stats.weight
             else:
                 w = s.strength * (anonymous if rater is None else default)
+            if rater is not None:
+                w *= coordination(rater, newcomer_scale)
             v = s.value
             if s.explicit:
                 w *= explicit_w.get(s.name, 0.0)

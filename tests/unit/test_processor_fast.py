@@ -109,9 +109,16 @@ def config(tmp_path: Path, name: str, cache: int = 50_000) -> ProcessorConfig:
         cache_responses=cache,
         cache_conversations=cache,
         records=RecordConfig(pair_margin=0.3),
-        # Rate-limit windows are not saved: a restart would let through what one
-        # process drops. Not what these tests are about.
-        fusion=FusionConfig(rater_rate_limit_per_min=10_000, anonymous_rate_limit_per_min=10_000),
+        # Rate-limit and coordination windows are not saved: a restart would let through
+        # what one process drops, or forget a lockstep ring (this stream's raters vote
+        # within milliseconds of each other). Not what these tests are about.
+        fusion=FusionConfig(
+            rater_rate_limit_per_min=10_000,
+            anonymous_rate_limit_per_min=10_000,
+            newcomer_chats=0,
+            lockstep_factor=1.0,
+            edit_budget=10_000,
+        ),
     )
 
 

@@ -1,0 +1,149 @@
+"""Coordinated raters: what many raters do together, and how much it counts.
+
+A feedback token gives its holder one voice on one response (``voice``), so an attacker
+who wants to write the training data needs many responses and many voices: fresh ids, a
+ring of ids voting together, or one id rewriting every answer it gets. Each leaves a
+trace in server time that one honest user does not, and each scales the raters' weight
+(``factor`` in fusion, so in labels and edit pairs; ``edit_factor`` on edit pairs):
+
+- **fresh ids in bursts**: a rater is a *newcomer* until ``newcomer_chats`` of their
+  chats were answered. Newcomers' votes in the window count, all together, as at most
+  ``newcomer_share`` of the established raters' votes (at least ``newcomer_floor``):
+  beyond it, every newcomer's weight is scaled down alike;
+- **lockstep**: votes are bucketed by server time; two raters in the same bucket of at
+  least ``lockstep_min_group`` raters, ``lockstep_repeats`` times, are partners, and a
+  rater with ``lockstep_min_group - 1`` partners votes in lockstep (weight times
+  ``lockstep_factor``). Honest raters rarely share a second with the same people twice;
+- **edit floods**: one rater's edits beyond ``edit_budget`` in the window make each of
+  their edit pairs weigh budget / edits.
+
+Not saved: a restart starts the windows again (and everyone is a newcomer for a few
+chats). Bounded: at most ``max_raters`` raters, and partner counts for as many pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from streaming.fusion.config import FusionConfig
+
+_BUSY_FACTOR = 16  # a bucket of more than min_group x this is not examined
+
+
+@dataclass(slots=True)
+class _Rater:
+    chats: int = 0
+    edits: deque[int] = field(default_factory=deque)  # server times, in the window
+    partners: dict[str, int] = field(default_factory=dict)  # times voted together
+    lockstep: bool = False
+
+
+class Coordination:
+    def __init__(self, config: FusionConfig) -> None:
+        self.config = config
+        self.window_ms = int(config.coordination_window_s * 1000)
+        self.raters: OrderedDict[str, _Rater] = OrderedDict()
+        # Explicit votes in the window, oldest first: (ms, by a newcomer).
+        self._votes: deque[tuple[int, bool]] = deque()
+        self._newcomer_votes = 0
+        # Lockstep buckets not yet closed: bucket -> raters who voted in it.
+        self._buckets: dict[int, set[str]] = {}
+        self.flagged = 0  # raters found voting in lockstep (a metric)
+
+    # ── What happens ─────────────────────────────────────────────────────────────────────
+
+    def chat(self, rater: str | None) -> None:
+        """One of ``rater``'s chats was answered."""
+        if rater is not None:
+            self._get(rater).chats += 1
+
+    def vote(self, rater: str | None, ms: int) -> None:
+        """``rater`` cast an explicit vote (a new one, joined) at server time ``ms``."""
+        if rater is None:
+            return  # the anonymous class is one rater already, with its own budget
+        newcomer = self.newcomer(rater)
+        self._votes.append((ms, newcomer))
+        self._newcomer_votes += newcomer
+        self._expire(ms)
+        bucket = ms // self.config.lockstep_bucket_ms
+        self._buckets.setdefault(bucket, set()).add(rater)
+        for closed in [b for b in self._buckets if b < bucket - 1]:  # late votes: one bucket
+            self._examine(self._buckets.pop(closed))
+
+    def edit(self, rater: str | None, ms: int) -> None:
+        if rater is None:
+            return
+        edits = self._get(rater).edits
+        edits.append(ms)
+        while edits and edits[0] <= ms - self.window_ms:
+            edits.popleft()
+
+    # ── What it counts ───────────────────────────────────────────────────────────────────
+
+    def newcomer(self, rater: str) -> bool:
+        known = self.raters.get(rater)
+        return (known.chats if known else 0) < self.config.newcomer_chats
+
+    def newcomer_scale(self) -> float:
+        """The factor every newcomer's weight gets now (1 while under the budget)."""
+        n_new = self._newcomer_votes
+        budget = max(
+            self.config.newcomer_floor,
+            self.config.newcomer_share * (len(self._votes) - n_new),
+        )
+        return 1.0 if n_new <= budget else budget / n_new
+
+    def factor(self, rater: str | None, newcomer_scale: float | None = None) -> float:
+        """This rater's weight factor (anonymous: 1). Pass ``newcomer_scale`` when asking
+        for many raters at once."""
+        if rater is None:
+            return 1.0
+        known = self.raters.get(rater)
+        f = self.config.lockstep_factor if known is not None and known.lockstep else 1.0
+        if (known.chats if known else 0) < self.config.newcomer_chats:
+            f *= self.newcomer_scale() if newcomer_scale is None else newcomer_scale
+        return f
+
+    def edit_factor(self, rater: str | None) -> float:
+        known = self.raters.get(rater) if rater is not None else None
+        n = len(known.edits) if known is not None else 0
+        return 1.0 if n <= self.config.edit_budget else self.config.edit_budget / n
+
+    # ── Internals ────────────────────────────────────────────────────────────────────────
+
+    def _get(self, rater: str) -> _Rater:
+        known = self.raters.get(rater)
+        if known is None:
+            known = self.raters[rater] = _Rater()
+            if len(self.raters) > self.config.max_raters:
+                self.raters.popitem(last=False)
+        else:
+            self.raters.move_to_end(rater)
+        return known
+
+    def _expire(self, now: int) -> None:
+        votes, horizon = self._votes, now - self.window_ms
+        while votes and votes[0][0] <= horizon:
+            _, newcomer = votes.popleft()
+            self._newcomer_votes -= newcomer
+
+    def _examine(self, group: set[str]) -> None:
+        """A closed bucket: its raters voted together once more."""
+        cfg = self.config
+        if not cfg.lockstep_min_group <= len(group) <= cfg.lockstep_min_group * _BUSY_FACTOR:
+            return
+        need = cfg.lockstep_min_group - 1
+        for a, b in itertools.permutations(sorted(group), 2):
+            partners = self._get(a).partners
+            partners[b] = partners.get(b, 0) + 1
+            if len(partners) > 4 * cfg.lockstep_min_group * _BUSY_FACTOR:
+                del partners[min(partners, key=partners.__getitem__)]  # the rarest goes
+        for a in group:
+            known = self._get(a)
+            if not known.lockstep:
+                repeated = sum(n >= cfg.lockstep_repeats for n in known.partners.values())
+                if repeated >= need:
+                    known.lockstep = True
+                    self.flagged += 1
