@@ -57,6 +57,7 @@ from streaming.events import (
     PreferenceLabel,
     PreferencePair,
 )
+from streaming.fusion import FusionConfig
 from streaming.processor import Processor, ProcessorConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -212,10 +213,15 @@ def build(attack: Attack, n_users: int, share: float, chats: int, seed: int) -> 
     return world
 
 
-def run(world: World, workdir: Path, batch: int = 200) -> list[PreferenceLabel | PreferencePair]:
-    """The world's events through the processor, in server-time order and batches, each
-    feedback window closed as its time passes; the last version of every record."""
-    config = ProcessorConfig(store_url=f"sqlite:///{workdir / 'preferences.sqlite'}")
+def run(
+    world: World, workdir: Path, fusion: FusionConfig | None = None, batch: int = 200
+) -> list[PreferenceLabel | PreferencePair]:
+    """The world's events through the processor (``fusion``: the defaults), in server-time
+    order and batches, each feedback window closed as its time passes; the last version of
+    every record."""
+    config = ProcessorConfig(
+        store_url=f"sqlite:///{workdir / 'preferences.sqlite'}", fusion=fusion or FusionConfig()
+    )
     processor = Processor(config)
     latest: dict[str, PreferenceLabel | PreferencePair] = {}
 
@@ -257,10 +263,15 @@ def lean(records: list[PreferenceLabel | PreferencePair]) -> dict[str, float]:
     return out
 
 
+# Fusion without the coordination rules, to see what they hold back (``--no-coordination``).
+UNCOORDINATED = FusionConfig(newcomer_chats=0, lockstep_factor=1.0, edit_budget=1_000_000)
+
+
 def measure(attack: Attack, args: argparse.Namespace) -> dict[str, Any]:
     world = build(attack, args.users, args.share, args.chats, args.seed)
+    fusion = UNCOORDINATED if args.no_coordination else None
     with tempfile.TemporaryDirectory(prefix="poisoning-") as tmp:
-        records = run(world, Path(tmp))
+        records = run(world, Path(tmp), fusion)
     return {"attack": attack, "chats": world.n_chats, "feedback": world.n_feedback,
             "labels": sum(isinstance(r, PreferenceLabel) for r in records),
             "pairs": sum(isinstance(r, PreferencePair) for r in records),
@@ -274,12 +285,16 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=20, help="Conversations per user.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument(
+        "--no-coordination", action="store_true", help="Without the coordinated-rater rules."
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     base = measure("none", args)
     rows = [base]
-    print(f"{args.users} users, {args.share:.0%} attackers, {args.chats} conversations each, "
-          f"seed {args.seed}")  # fmt: skip
+    print(f"{args.users} honest users, attackers {args.share:.0%} of all users, {args.chats} "
+          f"conversations each, seed {args.seed}"
+          f"{', no coordination rules' if args.no_coordination else ''}")  # fmt: skip
     print(f"{'attack':<10} {'chats':>6} {'events':>6} {'labels':>6} {'pairs':>5} "
           f"{'label lean':>10} {'shift':>7} {'pair lean':>9} {'shift':>7}")  # fmt: skip
     _row(base, base)

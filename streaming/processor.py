@@ -324,7 +324,9 @@ class Processor:
             self.store_interactions(tx, batch)
             fresh = self.clean(tx, batch)
             touched = self.join(tx, fresh, batch)
-            out = self.emit(tx, touched, settled_only=True)  # late feedback; the rest waits
+            # Late feedback, and responses whose raters coordination now sees otherwise.
+            touched |= self.fuser.coordination.take_dirty()
+            out = self.emit(tx, touched, settled_only=True)  # the rest waits
             self._save_fuser(tx)
         for scenario, weights in self.fuser.weights().items():
             for signal, weight in weights.items():
@@ -488,9 +490,9 @@ class Processor:
         """Tell coordination (streaming.fusion.coordination) of a new joined signal."""
         ms = min(e.received_ms, now_ms())
         if signal.explicit:
-            self.fuser.coordination.vote(signal.rater, ms)
+            self.fuser.coordination.vote(signal.rater, ms, e.response_id)
         if e.kind == _EDIT:
-            self.fuser.coordination.edit(signal.rater, ms)
+            self.fuser.coordination.edit(signal.rater, ms, e.response_id)
 
     def emit(self, tx: Connection, touched: set[str], settled_only: bool) -> list[Record]:
         """Fuse every touched response and upsert what it now makes (the rules are
@@ -502,7 +504,7 @@ class Processor:
             return []
         known = self._stored_interactions(tx, touched)
         if settled_only:
-            touched = {rid for rid in touched if known[rid].calibrated}
+            touched = {rid for rid in touched if rid in known and known[rid].calibrated}
         joined = self._joined_signals(tx, touched)
         config, fuse, trust = self.config.records, self.fuser.fuse, self.fuser.rater_weight
         edit_factor = self.fuser.coordination.edit_factor

@@ -333,7 +333,7 @@ class FusionConfig(BaseModel):
         0.05, ge=0, le=1, description="Weight factor of a rater who votes in lockstep."
     )
     edit_budget: int = Field(
-        3,
+        2,
         ge=1,
         description="Edits of one rater in the window that count fully; beyond, each of the "
         "rater's edit pairs weighs budget / edits (one rater rewriting every answer into the "

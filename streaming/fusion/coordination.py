@@ -32,10 +32,16 @@ from streaming.fusion.config import FusionConfig
 _BUSY_FACTOR = 16  # a bucket of more than min_group x this is not examined
 
 
+_RECENT = 256  # a rater's edits (and votes) remembered, to remake their records
+
+
 @dataclass(slots=True)
 class _Rater:
     chats: int = 0
-    edits: deque[int] = field(default_factory=deque)  # server times, in the window
+    # (server time, response id) of their edits in the window, and of their last votes:
+    # when what is known of the rater changes, those responses' records are remade.
+    edits: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT))
+    votes: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT))
     partners: dict[str, int] = field(default_factory=dict)  # times voted together
     lockstep: bool = False
 
@@ -51,6 +57,8 @@ class Coordination:
         # Lockstep buckets not yet closed: bucket -> raters who voted in it.
         self._buckets: dict[int, set[str]] = {}
         self.flagged = 0  # raters found voting in lockstep (a metric)
+        # Responses whose records were made with a factor that has changed since.
+        self._dirty: set[str] = set()
 
     # ── What happens ─────────────────────────────────────────────────────────────────────
 
@@ -59,10 +67,12 @@ class Coordination:
         if rater is not None:
             self._get(rater).chats += 1
 
-    def vote(self, rater: str | None, ms: int) -> None:
-        """``rater`` cast an explicit vote (a new one, joined) at server time ``ms``."""
+    def vote(self, rater: str | None, ms: int, response_id: str = "") -> None:
+        """``rater`` cast an explicit vote (a new one, joined) on ``response_id`` at server
+        time ``ms``."""
         if rater is None:
             return  # the anonymous class is one rater already, with its own budget
+        self._get(rater).votes.append((ms, response_id))
         newcomer = self.newcomer(rater)
         self._votes.append((ms, newcomer))
         self._newcomer_votes += newcomer
@@ -72,13 +82,23 @@ class Coordination:
         for closed in [b for b in self._buckets if b < bucket - 1]:  # late votes: one bucket
             self._examine(self._buckets.pop(closed))
 
-    def edit(self, rater: str | None, ms: int) -> None:
+    def edit(self, rater: str | None, ms: int, response_id: str = "") -> None:
+        """``rater``'s edit of ``response_id`` joined at server time ``ms``. Past the
+        budget, the rater's earlier edit pairs in the window are remade, lighter."""
         if rater is None:
             return
         edits = self._get(rater).edits
-        edits.append(ms)
-        while edits and edits[0] <= ms - self.window_ms:
+        edits.append((ms, response_id))
+        while edits and edits[0][0] <= ms - self.window_ms:
             edits.popleft()
+        if len(edits) > self.config.edit_budget:
+            self._dirty.update(rid for _, rid in edits)
+
+    def take_dirty(self) -> set[str]:
+        """Responses to make the records of again (their raters' factors changed)."""
+        dirty, self._dirty = self._dirty, set()
+        dirty.discard("")
+        return dirty
 
     # ── What it counts ───────────────────────────────────────────────────────────────────
 
@@ -147,3 +167,4 @@ class Coordination:
                 if repeated >= need:
                     known.lockstep = True
                     self.flagged += 1
+                    self._dirty.update(rid for _, rid in known.votes)
