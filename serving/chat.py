@@ -189,7 +189,9 @@ def record(turn: Turn, emit: Callable[[InteractionEvent], None], status: str) ->
             adapter=adapter,
             arm=arm,
             messages=turn.request.chat_messages(),
-            completion="".join(turn.text),
+            # The model may emit a NUL; no store column can hold one (the request's own
+            # text is refused with one: serving.protocol).
+            completion="".join(turn.text).replace("\x00", ""),
             # A failed request is an outcome too: the canary's error-rate guardrail counts it.
             finish_reason=turn.finish_reason or ("error" if status == "error" else None),
             prompt_tokens=len(turn.prompt_ids),

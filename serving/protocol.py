@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic_core
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -36,7 +37,21 @@ def loads(body: bytes) -> Any:
 
 
 Name = Annotated[str, Field(max_length=LIMITS.max_name_chars)]
-MessageText = Annotated[str, Field(max_length=LIMITS.max_message_chars)]
+
+
+def _no_nul(text: str) -> str:
+    # Every message is logged, and no store column (PostgreSQL text) can hold a NUL: the
+    # processor would dead-letter the whole interaction, and its feedback with it.
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return text
+
+
+MessageText = Annotated[
+    str,
+    Field(max_length=LIMITS.max_message_chars, json_schema_extra={"pattern": "^[^\\u0000]*$"}),
+    AfterValidator(_no_nul),
+]
 StopString = Annotated[str, Field(min_length=1, max_length=LIMITS.max_stop_chars)]
 Tokens = Annotated[int, Field(ge=1, le=LIMITS.max_tokens)]
 # It becomes a response header, a Kafka key and a store column: short, plain ASCII.

@@ -90,6 +90,12 @@ class FeedbackIn(BaseModel):
     @model_validator(mode="after")
     def _check_value(self) -> FeedbackIn:
         check_value(self.kind, self.value)
+        # Accepted means stored: no store column (PostgreSQL text) can hold a NUL, and the
+        # processor would dead-letter the event. Refused here instead, with a 422.
+        for name in ("event_id", "value"):
+            text = getattr(self, name)
+            if isinstance(text, str) and "\x00" in text:
+                raise ValueError(f"{name}: must not contain NUL characters (\\u0000)")
         return self
 
 

@@ -283,3 +283,24 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(client: Client) ->
     r = client.request("GET", "/v1/chat/completions")
     refused(r, 405, "Method Not Allowed")
     assert r.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    "content", ["a\x00b", [{"type": "text", "text": "ok"}, {"type": "text", "text": "\x00"}]]
+)
+def test_a_nul_in_a_message_is_a_400_and_nothing_is_logged(
+    client: Client, served: Any, content: Any
+) -> None:
+    before = len(served.producer.sent)
+    r = client.chat(messages=[{"role": "user", "content": content}])
+    refused(r, 400, "NUL")
+    assert len(served.producer.sent) == before  # no interaction the store could not hold
+
+
+@pytest.mark.parametrize(("field", "value"), [("value", "a\x00b"), ("event_id", "e\x00")])
+def test_feedback_with_a_nul_is_a_422_not_accepted_then_dead_lettered(
+    client: Client, field: str, value: str
+) -> None:
+    body = {**event(kind="comment", value="fine"), field: value}
+    r = client.request("POST", "/v1/feedback", json=body)
+    refused(r, 422, "NUL")
