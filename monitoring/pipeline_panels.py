@@ -103,6 +103,18 @@ def processor() -> list[Panel]:
             "cps",
         ),
         graph(
+            "Coordinated raters",
+            "The weight factor every newcomer rater gets now (1 until a burst of fresh ids "
+            "exceeds their budget), and raters found voting in lockstep, per hour.",
+            [
+                (gauge("livealign_processor_newcomer_scale", agg="min"), "newcomer scale"),
+                (
+                    "sum(increase(livealign_processor_lockstep_raters_total[1h]))",
+                    "lockstep raters / h",
+                ),
+            ],
+        ),
+        graph(
             "Records written",
             "Training records written per second, by type and provenance.",
             [(written, "{{type}} {{provenance}}")],
