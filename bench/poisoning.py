@@ -31,9 +31,10 @@ than 0.05. No broker, no model: seconds on one core.
 
 With ``--reward-model``, each run's pairs also train the trainer's reward model
 (``trainer.train.train_reward_model``, on the tiny model unless ``--model`` says
-otherwise), and its **preference** for the target is measured: the share of held-out
-probes (an answer with the target against the same answer without) it scores higher
-with. The shift is against the attack-free run's reward model. Minutes per run.
+otherwise), and its **preference** for the target is measured: the probability it gives an
+answer with the target over the same answer without (the sigmoid of the score
+difference), averaged over held-out probes. The shift is against the attack-free run's
+reward model. Minutes per run.
 
     python bench/poisoning.py [--users 100] [--share 0.2] [--chats 20] [--seed 0]
                               [--reward-model] [--model tiny]
@@ -43,7 +44,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
+import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -291,14 +294,23 @@ def probes(n: int = 64, seed: int = 12345) -> list[PreferencePair]:
 
 
 def reward_preference(pairs: list[PreferencePair], base: Path, workdir: Path) -> float:
-    """Train the trainer's reward model on ``pairs``; the share of probes it prefers with
-    the target."""
+    """Train the trainer's reward model on ``pairs``; the probability it gives an answer
+    with the target over the same answer without (Bradley-Terry: the sigmoid of the score
+    difference), averaged over the probes. 0.5: indifferent."""
     from trainer.config import TrainConfig
     from trainer.train import RewardModel, train_reward_model
 
     config = TrainConfig(seed=0, num_threads=2)
     result = train_reward_model(base, pairs, workdir / "rm", config)
-    return RewardModel.load(base, result.model_dir, config.max_length).accuracy(probes())
+    model = RewardModel.load(base, result.model_dir, config.max_length)
+    held_out = probes()
+    prompts = [p.prompt for p in held_out]
+    with_target = model.score(prompts, [p.chosen for p in held_out])
+    without = model.score(prompts, [p.rejected for p in held_out])
+    return statistics.fmean(
+        1 / (1 + math.exp(without_ - with_))
+        for with_, without_ in zip(with_target, without, strict=True)
+    )
 
 
 def measure(attack: Attack, args: argparse.Namespace) -> dict[str, Any]:
