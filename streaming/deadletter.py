@@ -4,7 +4,8 @@ checkpoint sends the letters, before it commits the offsets past them).
 
 A record is poison when it has no value (a tombstone), its value is not UTF-8, not JSON,
 JSON of another shape than its topic's event, or an event the store cannot hold (a NUL
-character, an id longer than its column; see ``streaming.events.Unstorable``)."""
+character, an id longer than its column, a number out of range; see
+``streaming.events.Unstorable``)."""
 
 from __future__ import annotations
 

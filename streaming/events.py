@@ -9,6 +9,7 @@ Both topics are keyed by conversation id, so one conversation lives in one parti
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from pathlib import Path
@@ -191,9 +192,11 @@ class ResponseOutcome(BaseModel):
 
 
 # Why a record went to the dead-letter topic (also livealign_processor_drops_total's label).
-PoisonReason = Literal["null_value", "not_utf8", "bad_json", "schema", "nul_byte", "too_long"]
+PoisonReason = Literal[
+    "null_value", "not_utf8", "bad_json", "schema", "nul_byte", "too_long", "out_of_range"
+]  # fmt: skip
 POISON_REASONS: tuple[PoisonReason, ...] = (
-    "null_value", "not_utf8", "bad_json", "schema", "nul_byte", "too_long",
+    "null_value", "not_utf8", "bad_json", "schema", "nul_byte", "too_long", "out_of_range",
 )  # fmt: skip
 
 
@@ -281,7 +284,9 @@ class WireFeedback(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 # The store's string columns that events fill, by length, defined once: the store makes
 # its columns from these, and the decoders refuse an event that would not fit. So every
 # store behaves the same (SQLite does not enforce a length, PostgreSQL refuses the whole
-# batch), and so does a NUL character (PostgreSQL refuses it in text of any kind).
+# batch), and so does a NUL character (PostgreSQL refuses it in text of any kind), and a
+# number out of range: one past 64 bits (neither store's integers hold it) or not finite
+# (1e400 reads as infinity, pydantic takes NaN too; PostgreSQL's JSON refuses both).
 ID_LEN = 200  # response, conversation and event ids, adapter versions
 HASH_LEN = 64  # user hashes (the rater), prompt hashes
 ARM_LEN = 50
@@ -293,26 +298,41 @@ _FEEDBACK_LENGTHS = (
     ("event_id", ID_LEN), ("response_id", ID_LEN), ("conversation_id", ID_LEN),
     ("user_hash", HASH_LEN),
 )  # fmt: skip
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # the store's integers (SQLite's, PostgreSQL's BIGINT)
+_INTERACTION_NUMBERS = ("prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms", "created_ms")
+_FEEDBACK_NUMBERS = ("value", "client_ts", "received_ms")
 # JSON can carry a NUL only escaped, and this is its one spelling: text without it has none.
 _NUL_ESCAPE = "\\u0000"
 _NUL_ESCAPE_BYTES = _NUL_ESCAPE.encode()
 
 
 class Unstorable(ValueError):
-    """A valid event the store cannot hold. ``reason``: "nul_byte" or "too_long"."""
+    """A valid event the store cannot hold. ``reason``: "nul_byte", "too_long" or
+    "out_of_range"."""
 
-    def __init__(self, reason: Literal["nul_byte", "too_long"], message: str) -> None:
+    def __init__(
+        self, reason: Literal["nul_byte", "too_long", "out_of_range"], message: str
+    ) -> None:
         super().__init__(message)
         self.reason = reason
 
 
 def _check_storable(
-    event: WireInteraction | WireFeedback, data: bytes | str, lengths: tuple[tuple[str, int], ...]
+    event: WireInteraction | WireFeedback,
+    data: bytes | str,
+    lengths: tuple[tuple[str, int], ...],
+    numbers: tuple[str, ...],
 ) -> None:
     for name, limit in lengths:
         value = getattr(event, name)
         if value is not None and len(value) > limit:
             raise Unstorable("too_long", f"{name} has {len(value)} characters, over {limit}")
+    for name in numbers:
+        number = getattr(event, name)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise Unstorable("out_of_range", f"{name} is {number}: not a finite number")
+        if isinstance(number, int) and not INT_MIN <= number <= INT_MAX:
+            raise Unstorable("out_of_range", f"{name} is an integer past 64 bits")
     escaped = _NUL_ESCAPE in data if isinstance(data, str) else _NUL_ESCAPE_BYTES in data
     if escaped and any("\x00" in text for text in _strings(event)):  # not an escaped "\\"
         raise Unstorable("nul_byte", "a string field holds a NUL character (\\u0000)")
@@ -342,7 +362,7 @@ def decode_interaction(data: bytes | str) -> WireInteraction:
         fields = event.model_dump()
         messages = [WireMessage(**m) for m in fields.pop("messages")]
         decoded = WireInteraction(**fields, messages=messages)
-    _check_storable(decoded, data, _INTERACTION_LENGTHS)
+    _check_storable(decoded, data, _INTERACTION_LENGTHS, _INTERACTION_NUMBERS)
     return decoded
 
 
@@ -354,7 +374,7 @@ def decode_feedback(data: bytes | str) -> WireFeedback:
     except msgspec.DecodeError:
         event = FeedbackEvent.model_validate_json(data)  # raises if invalid
         decoded = WireFeedback(**event.model_dump())
-    _check_storable(decoded, data, _FEEDBACK_LENGTHS)
+    _check_storable(decoded, data, _FEEDBACK_LENGTHS, _FEEDBACK_NUMBERS)
     return decoded
 
 

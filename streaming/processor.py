@@ -10,9 +10,10 @@ polled batch goes through one pipeline, top to bottom, inside one store transact
 
 then the dead letters go to ``livealign.deadletter`` and the records to
 ``livealign.preferences``, and only then are offsets committed. A record that cannot be
-read or stored (no value, not UTF-8, not JSON, not the topic's event, a NUL character or
-an id too long for the store) is poison: it goes to the dead-letter topic with its
-reason, is counted as a drop by that reason, and the batch goes on without it.
+read or stored (no value, not UTF-8, not JSON, not the topic's event, a NUL character,
+an id too long for the store or a number out of range) is poison: it goes to the
+dead-letter topic with its reason, is counted as a drop by that reason, and the batch
+goes on without it.
 Replaying a batch after a crash finds its events already stored and changes nothing.
 Both topics are keyed by conversation id, so an interaction, its feedback and its
 regenerated siblings share a partition and so a processor instance: joins stay local.

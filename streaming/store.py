@@ -19,7 +19,9 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import to_json
 from sqlalchemy import (
+    DDL,
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -35,7 +37,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
+    literal_column,
     select,
     text,
     true,
@@ -43,8 +47,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from livealign.files import private_sqlite
 from streaming.events import (
@@ -62,6 +66,11 @@ from streaming.events import (
 
 meta = MetaData()
 
+# Unix milliseconds take 64 bits: PostgreSQL's INTEGER has 32 and refused every real
+# timestamp ("integer out of range": the whole batch failed, and so did its replay). SQLite
+# stores any integer in up to 64 bits: nothing changes there, new file or old.
+Millis = BigInteger
+
 interactions = Table(
     "interactions", meta,
     Column("response_id", String(ID_LEN), primary_key=True),
@@ -70,7 +79,7 @@ interactions = Table(
     Column("user_hash", String(HASH_LEN)),
     Column("adapter", String(ID_LEN), nullable=False),
     Column("arm", String(ARM_LEN), nullable=False),
-    Column("created_ms", Integer, nullable=False),
+    Column("created_ms", Millis, nullable=False),
     Column("event", JSON, nullable=False),
     # Set once the response's feedback window closed and it taught the calibration.
     Column("calibrated", Boolean, nullable=False, default=False),
@@ -88,7 +97,7 @@ feedback = Table(
     Column("response_id", String(ID_LEN), nullable=False, index=True),
     Column("rater", String(HASH_LEN)),
     Column("kind", String(20), nullable=False),
-    Column("received_ms", Integer, nullable=False),
+    Column("received_ms", Millis, nullable=False),
     # pending: waiting for its interaction; joined; orphaned: grace period ran out;
     # dropped: cleaned out (status_reason says why), kept so a replay stays dropped.
     Column("status", String(20), nullable=False),
@@ -99,6 +108,18 @@ feedback = Table(
     # of it joins or is dropped at once) no longer costs every insert an index entry.
     # (Stores made before keep their full index on (status, received_ms): also right.)
     Index("ix_feedback_pending", "received_ms", sqlite_where=PENDING, postgresql_where=PENDING),
+)  # fmt: skip
+# The order feedback was stored in, which the processor reads it back in (a rater's latest
+# vote supersedes the earlier, the latest edit makes the pair, the fuser learns in order).
+# SQLite numbers rows as they are inserted (rowid; feedback rows are never deleted).
+# PostgreSQL has no such number, and returns rows in an order its updates reshuffle: there
+# the table gets a column the database numbers as rows are inserted. Not one of the
+# table's columns above: rows are written without it, and SQLite files stay as they are.
+STORED = "stored_seq"
+event.listen(
+    feedback, "after_create",
+    DDL(f"ALTER TABLE feedback ADD COLUMN {STORED} BIGINT GENERATED ALWAYS AS IDENTITY")
+    .execute_if(dialect="postgresql"),
 )  # fmt: skip
 
 labels = Table(
@@ -113,7 +134,7 @@ labels = Table(
     Column("scenario", String(20), nullable=False),
     Column("adapter", String(ID_LEN), nullable=False),
     Column("n_signals", Integer, nullable=False),
-    Column("updated_ms", Integer, nullable=False),
+    Column("updated_ms", Millis, nullable=False),
 )  # fmt: skip
 
 pairs = Table(
@@ -127,7 +148,7 @@ pairs = Table(
     Column("chosen_response_id", String(ID_LEN)),
     Column("rejected_response_id", String(ID_LEN), nullable=False),
     Column("adapter", String(ID_LEN), nullable=False),
-    Column("updated_ms", Integer, nullable=False),
+    Column("updated_ms", Millis, nullable=False),
 )  # fmt: skip
 
 # One row per settled response: what the canary controller reads, per adapter and arm.
@@ -137,7 +158,7 @@ outcomes = Table(
     Column("conversation_id", String(ID_LEN), nullable=False),
     Column("adapter", String(ID_LEN), nullable=False),
     Column("arm", String(ARM_LEN), nullable=False),
-    Column("created_ms", Integer, nullable=False),
+    Column("created_ms", Millis, nullable=False),
     Column("score", Float),
     Column("confidence", Float, nullable=False),
     Column("n_signals", Integer, nullable=False),
@@ -145,10 +166,10 @@ outcomes = Table(
     Column("thumbs_down", Integer, nullable=False),
     Column("regenerated", Boolean, nullable=False),
     Column("error", Boolean, nullable=False),
-    Column("completion_tokens", Integer, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),  # the event's: any 64-bit one
     Column("latency_ms", Float, nullable=False),
     Column("ttft_ms", Float, nullable=False),
-    Column("updated_ms", Integer, nullable=False),
+    Column("updated_ms", Millis, nullable=False),
     Index("ix_outcomes_adapter", "adapter", "created_ms"),
 )  # fmt: skip
 
@@ -163,7 +184,8 @@ state = Table(
 raters = Table(
     "rater_state", meta,
     Column("rater", String(ID_LEN), primary_key=True),
-    Column("seq", Integer, nullable=False),  # recency: the fuser forgets the oldest first
+    # Recency (the fuser forgets the oldest first); one more per rater changed, ever.
+    Column("seq", BigInteger, nullable=False),
     Column("value", JSON, nullable=False),
 )  # fmt: skip
 FUSER = "fuser"
@@ -184,13 +206,14 @@ def _json_columns(table: Table) -> frozenset[str]:
     return frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
 
 
-def _select_in_chunks(conn: Connection, head: str, values: list[Any]) -> list[Row]:
-    """Rows of ``{head} (?, ?, ...)`` through the driver, one query per CHUNK of values."""
+def _select_in_chunks(conn: Connection, head: str, values: list[Any], tail: str = "") -> list[Row]:
+    """Rows of ``{head} (?, ?, ...){tail}`` through the driver, one query per CHUNK of
+    values."""
     cursor = conn.connection.cursor()
     out: list[Row] = []
     for i in range(0, len(values), CHUNK):
         chunk = values[i : i + CHUNK]
-        cursor.execute(f"{head} ({', '.join('?' * len(chunk))})", chunk)
+        cursor.execute(f"{head} ({', '.join('?' * len(chunk))}){tail}", chunk)
         out.extend(cursor.fetchall())
     return out
 
@@ -208,6 +231,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
+# libpq waits for a server forever unless told: a database server out of reach must fail
+# the processor's start (or batch), not hang it. A URL's own connect_timeout wins.
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        return {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return {}
+
+
 def sqlite_file(engine: Engine) -> Path | None:
     """The file a SQLite engine opens; None for an in-memory database or a URI."""
     name = engine.url.database
@@ -219,7 +254,7 @@ def sqlite_file(engine: Engine) -> Path | None:
 class PreferenceStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
+        self.engine: Engine = create_engine(url, future=True, connect_args=_connect_args(url))
         # SQLite, the default, is written and read through its driver (plain executemany,
         # tuples, JSON as text): SQLAlchemy's per-row parameter processing cost more than
         # SQLite itself. Other databases go through SQLAlchemy Core (the same rows).
@@ -229,6 +264,8 @@ class PreferenceStore:
             if file is not None:  # users' prompts and feedback: 0600, WAL files alike
                 private_sqlite(file)
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        # How feedback is put in the order stored (see STORED).
+        self._stored = "rowid" if self.engine.dialect.name == "sqlite" else STORED
         self._create_tables()
         self._sql: dict[tuple[str, ...], str] = {}
         self._rater_seq: int | None = None  # the next rater_state.seq, once known
@@ -236,12 +273,13 @@ class PreferenceStore:
     def _create_tables(self, attempts: int = 5) -> None:
         """Create missing tables. Processors of one group start together and each creates
         what it finds missing: one may create a table after another looked for it, and
-        the loser's CREATE fails. Looking again then finds it."""
+        the loser's CREATE fails. Looking again then finds it. (On PostgreSQL the loser
+        may also fail on its catalog's unique index: an IntegrityError.)"""
         for attempt in range(attempts):
             try:
                 meta.create_all(self.engine)
                 return
-            except (OperationalError, ProgrammingError):
+            except (OperationalError, ProgrammingError, IntegrityError):
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.1 * (attempt + 1))
@@ -378,19 +416,24 @@ class PreferenceStore:
         columns: Sequence[str],
         column: str,
         values: Iterable[str],
+        as_stored: bool = False,
     ) -> list[Row]:
         """``columns`` of the rows whose ``column`` is in ``values``, as tuples (JSON
-        columns: pass them through ``loads``)."""
+        columns: pass them through ``loads``). ``as_stored`` (feedback only): by ``column``
+        (as the index gives them), then in the order stored."""
         values = list(values)
         out: list[Row] = []
         if not self.direct:
             cols = [table.c[c] for c in columns]
             for i in range(0, len(values), CHUNK):
                 stmt = select(*cols).where(table.c[column].in_(values[i : i + CHUNK]))
+                if as_stored:
+                    stmt = stmt.order_by(table.c[column], literal_column(self._stored))
                 out.extend(tuple(r) for r in conn.execute(stmt))
             return out
         head = f"SELECT {', '.join(_q(c) for c in columns)} FROM {table.name} WHERE {_q(column)} IN"
-        return _select_in_chunks(conn, head, values)
+        tail = f" ORDER BY {_q(column)}, {self._stored}" if as_stored else ""
+        return _select_in_chunks(conn, head, values, tail)
 
     def labels_of_conversations(self, conn: Connection, conversations: Iterable[str]) -> list[Row]:
         """(conversation_id, prompt_hash, response_id, score, confidence, completion,
@@ -465,9 +508,10 @@ class PreferenceStore:
         return self.select_in(conn, interactions, columns, "response_id", response_ids)
 
     def feedback_status(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
-        """(event_id, status) of every stored feedback event about these responses, in
-        the order stored."""
-        return self.select_in(conn, feedback, ("event_id", "status"), "response_id", response_ids)
+        """(event_id, status) of every stored feedback event about these responses, each
+        response's in the order stored."""
+        return self.select_in(conn, feedback, ("event_id", "status"), "response_id", response_ids,
+                              as_stored=True)  # fmt: skip
 
     def feedback_events(self, conn: Connection, event_ids: Iterable[str]) -> list[Row]:
         """(event_id, event JSON) of these stored feedback events."""
@@ -475,9 +519,9 @@ class PreferenceStore:
 
     def feedback_of(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
         """(response_id, event_id, status, kind, signal JSON, event JSON) of every stored
-        feedback event about these responses, in the order stored."""
+        feedback event about these responses, each response's in the order stored."""
         columns = ("response_id", "event_id", "status", "kind", "signal", "event")
-        return self.select_in(conn, feedback, columns, "response_id", response_ids)
+        return self.select_in(conn, feedback, columns, "response_id", response_ids, as_stored=True)
 
     def mark_orphans(self, conn: Connection, received_before_ms: int) -> int:
         """Pending feedback received before the cutoff becomes orphaned; returns how many."""
@@ -489,18 +533,27 @@ class PreferenceStore:
         return int(conn.execute(stmt).rowcount)
 
     def settled(self, conn: Connection, created_before_ms: int, limit: int) -> list[str]:
-        """Response ids, created before the cutoff, that have not calibrated the fuser yet."""
+        """Response ids, created before the cutoff, that have not calibrated the fuser yet,
+        oldest first."""
         stmt = (
             select(interactions.c.response_id)
-            .where(and_(~interactions.c.calibrated, interactions.c.created_ms < created_before_ms))
+            # "= false", not "NOT calibrated": SQLite then searches the settle index.
+            .where(
+                interactions.c.calibrated == false(), interactions.c.created_ms < created_before_ms
+            )
+            # Said, not left to the database: calibration learns in this order, a backlog
+            # settles its oldest first, and PostgreSQL returns rows in an order its updates
+            # (of calibrated) reshuffle.
+            .order_by(interactions.c.created_ms, interactions.c.response_id)
             .limit(limit)
         )
         return list(conn.scalars(stmt))
 
     def joined_signals(self, conn: Connection, response_ids: Iterable[str]) -> list[Row]:
-        """(response_id, signal JSON) of every joined feedback event about these."""
+        """(response_id, signal JSON) of every joined feedback event about these, each
+        response's in the order stored."""
         rows = self.select_in(conn, feedback, ("response_id", "status", "signal"), "response_id",
-                              response_ids)  # fmt: skip
+                              response_ids, as_stored=True)  # fmt: skip
         return [(rid, signal) for rid, status, signal in rows if status == "joined"]
 
     def unsettled(self) -> int:

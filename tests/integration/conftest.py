@@ -1,6 +1,7 @@
 """Integration tests: one embedded broker, one Ray + Serve + vLLM stack per test session,
 serving the tiny random Llama (speed matters here, not answer quality), and the helpers
-that read what the stack wrote to its topics.
+that read what the stack wrote to its topics. One throwaway PostgreSQL server too, started
+for the first test that asks for it (the store's tests on PostgreSQL).
 
 Every test under this folder carries the ``integration`` marker, applied here once: so
 ``pytest -m "not integration"`` and ``pytest tests/unit`` select the same fast set."""
@@ -21,6 +22,7 @@ from openai import OpenAI
 from livealign.config import Settings
 from livealign.stack import LocalStack
 from streaming.broker import free_port
+from tests.integration.postgres import PostgresNotInstalled, PostgresServer
 from trainer.registry import Registry
 
 HERE = Path(__file__).parent
@@ -79,6 +81,31 @@ def admin_key(stack: LocalStack) -> str:
 def admin(admin_key: str) -> dict[str, str]:
     """The admin API's headers."""
     return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """Not skipped when PostgreSQL is missing: CI must run these tests."""
+    try:
+        server = PostgresServer()
+    except PostgresNotInstalled as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A new, empty database on the PostgreSQL server: its SQLAlchemy URL."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new preference store's URL, on each backend in turn."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'prefs.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 def read_topic(

@@ -10,15 +10,19 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 from kafka.errors import KafkaTimeoutError
 from prometheus_client import REGISTRY
 
+from streaming import events
 from streaming import store as s
 from streaming.checkpoint import Checkpoint
 from streaming.events import (
     HASH_LEN,
     ID_LEN,
+    INT_MAX,
+    INT_MIN,
     TOPIC_DEADLETTER,
     TOPIC_FEEDBACK,
     TOPIC_INTERACTIONS,
@@ -28,6 +32,7 @@ from streaming.events import (
     FeedbackKind,
     InteractionEvent,
     decode_feedback,
+    decode_interaction,
 )
 from streaming.processor import Processor, ProcessorConfig
 
@@ -83,6 +88,21 @@ POISON: list[tuple[str, bytes | None, bytes | None]] = [
         encoded(feedback(user_hash="h" * (HASH_LEN + 1))),
     ),
     ("too_long", encoded(interaction(arm="a" * 51)), encoded(feedback(event_id="e" * 201))),
+    (
+        "out_of_range",  # json.dumps writes Infinity and NaN, which pydantic reads
+        encoded(interaction(ttft_ms=float("inf"))),
+        encoded(feedback(kind="dwell", value=float("nan"))),
+    ),
+    (
+        "out_of_range",  # valid JSON, read as infinity
+        encoded(interaction(latency_ms=1)).replace(b'"latency_ms": 1,', b'"latency_ms": 1e400,'),
+        encoded(feedback(kind="dwell", value=1)).replace(b'"value": 1,', b'"value": -1e400,'),
+    ),
+    (
+        "out_of_range",
+        encoded(interaction(created_ms=INT_MAX + 1)),
+        encoded(feedback(received_ms=INT_MIN - 1)),
+    ),
 ]
 
 
@@ -120,6 +140,30 @@ def test_a_poison_record_goes_to_a_dead_letter_and_the_next_one_is_processed(
     # The good records after it were stored and joined.
     assert [r["response_id"] for r in processor.store.all(s.interactions)] == ["r1"]
     assert [r["status"] for r in processor.store.all(s.feedback)] == ["joined"]
+
+
+def test_numbers_at_the_stores_limits_are_storable() -> None:
+    big = encoded(interaction(created_ms=INT_MAX, latency_ms=1.7e308))
+    assert decode_interaction(big).created_ms == INT_MAX
+    small = encoded(feedback(kind="dwell", value=-1.7e308, received_ms=INT_MIN))
+    assert decode_feedback(small).received_ms == INT_MIN
+
+
+def _numeric(t: msgspec.inspect.Type) -> bool:
+    if isinstance(t, msgspec.inspect.UnionType):
+        return any(_numeric(u) for u in t.types)
+    return isinstance(t, msgspec.inspect.IntType | msgspec.inspect.FloatType)
+
+
+@pytest.mark.parametrize(
+    ("struct", "checked"),
+    [(events.WireInteraction, events._INTERACTION_NUMBERS),
+     (events.WireFeedback, events._FEEDBACK_NUMBERS)],
+)  # fmt: skip
+def test_every_number_an_event_holds_is_checked(struct: type, checked: tuple[str, ...]) -> None:
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    assert {f.name for f in info.fields if _numeric(f.type)} == set(checked)
 
 
 def test_an_escaped_backslash_before_u0000_is_no_nul(processor: Processor) -> None:
