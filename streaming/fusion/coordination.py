@@ -167,4 +167,5 @@ class Coordination:
                 if repeated >= need:
                     known.lockstep = True
                     self.flagged += 1
-                    self._dirty.update(rid for _, rid in known.votes)
+                    if cfg.lockstep_factor < 1.0:  # their records weigh less now: remake
+                        self._dirty.update(rid for _, rid in known.votes)
