@@ -508,11 +508,8 @@ class Processor:
             touched = {rid for rid in touched if rid in known and known[rid].calibrated}
         joined = self._joined_signals(tx, touched)
         config, fuse, trust = self.config.records, self.fuser.fuse, self.fuser.rater_weight
-        edit_factor = self.fuser.coordination.edit_factor
-
-        def per_edit(j: Joined) -> float:
-            return edit_factor(j.signal.rater)
-
+        coordination = self.fuser.coordination
+        newcomer_scale = coordination.newcomer_scale()
         labels: list[PreferenceLabel] = []
         pairs: list[PreferencePair] = []
         outcomes: list[ResponseOutcome] = []
@@ -520,10 +517,15 @@ class Processor:
             event = known[rid].event
             signals = joined[rid]
             fused = fuse(event, [j.signal for j in signals])
+            # A response's feedback is its asker's (their token): how much their records
+            # weigh in training is what coordination says of them. Scores and outcomes,
+            # which the canary judges on, are left as they are.
+            weigh = coordination.factor(event.user_hash, newcomer_scale)
             if made := rules.label(rid, event, fused, config):
-                labels.append(made)
+                labels.append(_weighed(made, weigh))
+            weigh *= coordination.edit_factor(event.user_hash)
             edits = [
-                (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater) * per_edit(j))
+                (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater) * weigh)
                 for j in signals
                 if j.edited is not None
             ]
@@ -555,11 +557,13 @@ class Processor:
         groups = self._conversation_labels(tx, known, labels)
         # By pair id: two siblings labelled in one batch find each other twice.
         out: dict[str, PreferencePair] = {}
+        factor = self.fuser.coordination.factor
         for label in labels:
             mine = known[label.response_id]
             siblings = groups[mine.event.conversation_id].get(mine.prompt_hash, {})
+            weigh = factor(mine.event.user_hash)  # one conversation, one asker
             for pair in rules.sibling_pairs(label, siblings, self.config.records):
-                out[pair.pair_id] = pair
+                out[pair.pair_id] = _weighed(pair, weigh)
         return list(out.values())
 
     # --- what the store holds, remembered ------------------------------------------------
@@ -722,6 +726,14 @@ DROP_REASONS = (
 def _count(counter: Any, label: str, n: int) -> None:
     if n:
         counter.labels(label).inc(n)
+
+
+R = TypeVar("R", PreferenceLabel, PreferencePair)
+
+
+def _weighed(record: R, factor: float) -> R:
+    """The record with its training weight times ``factor`` (coordination's)."""
+    return record if factor == 1.0 else record.model_copy(update={"weight": record.weight * factor})
 
 
 def _signal_json(signal: Signal) -> str:

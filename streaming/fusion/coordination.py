@@ -3,17 +3,21 @@
 A feedback token gives its holder one voice on one response (``voice``), so an attacker
 who wants to write the training data needs many responses and many voices: fresh ids, a
 ring of ids voting together, or one id rewriting every answer it gets. Each leaves a
-trace in server time that one honest user does not, and each scales the raters' weight
-(``factor`` in fusion, so in labels and edit pairs; ``edit_factor`` on edit pairs):
+trace in server time that one honest user does not, and each scales the training weight
+of the records made from the rater's responses (``factor`` on labels, edit and sibling
+pairs; ``edit_factor`` on edit pairs too). Their scores, and the outcomes the canary
+judges on, are left alone: a deployment whose every user is new loses no label.
 
 - **fresh ids in bursts**: a rater is a *newcomer* until ``newcomer_chats`` of their
   chats were answered. Newcomers' votes in the window count, all together, as at most
   ``newcomer_share`` of the established raters' votes (at least ``newcomer_floor``):
-  beyond it, every newcomer's weight is scaled down alike;
+  beyond it, every newcomer's records weigh less alike (and the window's are made again
+  once the scale has fallen by a fifth);
 - **lockstep**: votes are bucketed by server time; two raters in the same bucket of at
   least ``lockstep_min_group`` raters, ``lockstep_repeats`` times, are partners, and a
   rater with ``lockstep_min_group - 1`` partners votes in lockstep (weight times
-  ``lockstep_factor``). Honest raters rarely share a second with the same people twice;
+  ``lockstep_factor``, their earlier records made again). Honest raters rarely share a
+  second with the same people twice;
 - **edit floods**: one rater's edits beyond ``edit_budget`` in the window make each of
   their edit pairs weigh budget / edits.
 
@@ -51,9 +55,10 @@ class Coordination:
         self.config = config
         self.window_ms = int(config.coordination_window_s * 1000)
         self.raters: OrderedDict[str, _Rater] = OrderedDict()
-        # Explicit votes in the window, oldest first: (ms, by a newcomer).
-        self._votes: deque[tuple[int, bool]] = deque()
+        # Explicit votes in the window, oldest first: (ms, by a newcomer, response id).
+        self._votes: deque[tuple[int, bool, str]] = deque()
         self._newcomer_votes = 0
+        self._remade_at_scale = 1.0  # the newcomer scale newcomers' records were last made with
         # Lockstep buckets not yet closed: bucket -> raters who voted in it.
         self._buckets: dict[int, set[str]] = {}
         self.flagged = 0  # raters found voting in lockstep (a metric)
@@ -74,9 +79,11 @@ class Coordination:
             return  # the anonymous class is one rater already, with its own budget
         self._get(rater).votes.append((ms, response_id))
         newcomer = self.newcomer(rater)
-        self._votes.append((ms, newcomer))
+        self._votes.append((ms, newcomer, response_id))
         self._newcomer_votes += newcomer
         self._expire(ms)
+        if newcomer:
+            self._remake_newcomers()
         bucket = ms // self.config.lockstep_bucket_ms
         self._buckets.setdefault(bucket, set()).add(rater)
         for closed in [b for b in self._buckets if b < bucket - 1]:  # late votes: one bucket
@@ -146,9 +153,18 @@ class Coordination:
     def _expire(self, now: int) -> None:
         votes, horizon = self._votes, now - self.window_ms
         while votes and votes[0][0] <= horizon:
-            _, newcomer = votes.popleft()
+            _, newcomer, _ = votes.popleft()
             self._newcomer_votes -= newcomer
+        if self._newcomer_votes == 0:
+            self._remade_at_scale = 1.0
 
+    def _remake_newcomers(self) -> None:
+        """A burst's first votes were weighed at the scale of their moment: once it has
+        fallen by a fifth since, the window's newcomer records are made again with it."""
+        scale = self.newcomer_scale()
+        if scale < 0.8 * self._remade_at_scale:
+            self._dirty.update(rid for _, newcomer, rid in self._votes if newcomer)
+            self._remade_at_scale = scale
     def _examine(self, group: set[str]) -> None:
         """A closed bucket: its raters voted together once more."""
         cfg = self.config

@@ -64,9 +64,7 @@ class Fuser:
         self.allow = self.limiter.allow
         self.observe = self.raters.observe
 
-    def rater_weight(self, rater: str | None) -> float:
-        """A rater's weight in fusion: their trust, times what coordination says of them."""
-        return self.raters.weight(rater) * self.coordination.factor(rater)
+        self.rater_weight = self.raters.weight
 
     # -- fusion
 
@@ -75,7 +73,6 @@ class Fuser:
         explicit_w, implicit_w = self._explicit_w, self.calibrator.weights
         raters = self.raters.stats
         default, anonymous = self.raters.default_weight, self.raters.anonymous_default_weight
-        coordination, newcomer_scale = self.coordination.factor, self.coordination.newcomer_scale()
         ew = et = es = iw = it = is_ = 0.0
         ec = ic = 0
         for s in signals:
@@ -85,8 +82,6 @@ class Fuser:
                 w = s.strength * stats.weight
             else:
                 w = s.strength * (anonymous if rater is None else default)
-            if rater is not None:
-                w *= coordination(rater, newcomer_scale)
             v = s.value
             if s.explicit:
                 w *= explicit_w.get(s.name, 0.0)

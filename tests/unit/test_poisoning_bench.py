@@ -10,7 +10,7 @@ import pytest
 
 from bench import poisoning as p
 
-USERS, SHARE, CHATS = 30, 0.2, 12
+USERS, SHARE, CHATS = 40, 0.2, 20  # below ~40 users, newcomer_floor alone lets Sybils in
 
 
 def shift(attack: p.Attack, tmp_path: Path, fusion: p.FusionConfig | None = None) -> float:
