@@ -220,7 +220,9 @@ class ChatServer:
             arm=route.arm,
             feedback_token=token,
         )
-        return chat.Turn(body, info, route, prompt_ids, params, user_hash, release=slot.release)
+        return chat.Turn(
+            body, info, route, prompt_ids, params, user_hash, principal, release=slot.release
+        )
 
     def _pin(self, arm: str | None, admin_key: str | None) -> str | None:
         """The arm an operator pinned this request to (``X-LiveAlign-Arm``), if any."""

@@ -30,6 +30,7 @@ from serving.protocol import (
     ResponseMessage,
     Usage,
 )
+from serving.tokens import PUBLIC
 from streaming.events import BASE_ADAPTER, InteractionEvent
 
 STABLE_ARM = "stable"
@@ -58,6 +59,7 @@ class Turn:
     prompt_ids: list[int]
     params: SamplingParams
     user_hash: str | None
+    principal: str = PUBLIC  # serving.auth: who vouched for the user
     started: float = field(default_factory=time.perf_counter)
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     text: list[str] = field(default_factory=list)
@@ -185,6 +187,7 @@ def record(turn: Turn, emit: Callable[[InteractionEvent], None], status: str) ->
             response_id=turn.info.response_id,
             conversation_id=turn.info.conversation_id,
             user_hash=turn.user_hash,
+            principal=turn.principal,
             model=turn.request.model,
             adapter=adapter,
             arm=arm,

@@ -139,6 +139,7 @@ class FeedbackDesk:
             response_id=item.response_id,
             conversation_id=claims.conversation_id,
             user_hash=claims.user_hash,
+            principal=claims.principal,
             kind=item.kind,
             value=item.value,
             client_ts=item.client_ts,

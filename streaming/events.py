@@ -55,6 +55,9 @@ class InteractionEvent(BaseModel):
     response_id: str
     conversation_id: str
     user_hash: str | None = Field(None, description="Salted hash of the OpenAI `user` field.")
+    principal: str | None = Field(
+        None, max_length=64, description='The API key\'s principal; "public" while keys are off.'
+    )
     model: str = Field(description="Served model name the client asked for.")
     adapter: str = Field(description='Adapter version that answered; "base" for none.')
     arm: str = Field(description='Canary arm: "stable" or "canary".')
@@ -116,6 +119,9 @@ class FeedbackEvent(BaseModel):
     response_id: str
     conversation_id: str
     user_hash: str | None = None
+    principal: str | None = Field(
+        None, max_length=64, description="The principal the response was answered for."
+    )
     kind: FeedbackKind
     value: int | float | str
     client_ts: int | None = None
@@ -251,6 +257,7 @@ class WireInteraction(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     response_id: str
     conversation_id: str
     user_hash: str | None = None
+    principal: str | None = None
     model: str
     adapter: str
     arm: str
@@ -274,6 +281,7 @@ class WireFeedback(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     response_id: str
     conversation_id: str
     user_hash: str | None = None
+    principal: str | None = None
     kind: FeedbackKind
     value: int | float | str
     client_ts: int | None = None

@@ -491,7 +491,7 @@ class Processor:
         """Tell coordination (streaming.fusion.coordination) of a new joined signal."""
         ms = min(e.received_ms, now_ms())
         if signal.explicit:
-            self.fuser.coordination.vote(signal.rater, ms, e.response_id)
+            self.fuser.coordination.vote(signal.rater, ms, e.response_id, e.principal)
         if e.kind == _EDIT:
             self.fuser.coordination.edit(signal.rater, ms, e.response_id)
 
@@ -520,7 +520,7 @@ class Processor:
             # A response's feedback is its asker's (their token): how much their records
             # weigh in training is what coordination says of them. Scores and outcomes,
             # which the canary judges on, are left as they are.
-            weigh = coordination.factor(event.user_hash, newcomer_scale)
+            weigh = coordination.factor(event.user_hash, newcomer_scale, event.principal)
             if made := rules.label(rid, event, fused, config):
                 labels.append(_weighed(made, weigh))
             weigh *= coordination.edit_factor(event.user_hash)
@@ -561,7 +561,7 @@ class Processor:
         for label in labels:
             mine = known[label.response_id]
             siblings = groups[mine.event.conversation_id].get(mine.prompt_hash, {})
-            weigh = factor(mine.event.user_hash)  # one conversation, one asker
+            weigh = factor(mine.event.user_hash, None, mine.event.principal)  # one asker
             for pair in rules.sibling_pairs(label, siblings, self.config.records):
                 out[pair.pair_id] = _weighed(pair, weigh)
         return list(out.values())

@@ -95,7 +95,7 @@ class FusionConfig(BaseModel):
     > Coordinated raters (``coordination``)
 
     coordination_window_s, newcomer_chats, newcomer_share, newcomer_floor, lockstep_bucket_ms,
-    lockstep_min_group, lockstep_repeats, lockstep_factor, edit_budget
+    lockstep_min_group, lockstep_repeats, lockstep_factor, principal_max_share, edit_budget
 
     > Calibration of implicit signals against the other evidence (votes, edits, regenerates)
 
@@ -333,6 +333,14 @@ class FusionConfig(BaseModel):
     )
     lockstep_factor: float = Field(
         0.05, ge=0, le=1, description="Weight factor of a rater who votes in lockstep."
+    )
+    principal_max_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="While two API-key principals or more voted in the window, one "
+        "principal's votes weigh at most this share of all (0.5: as much as all the others "
+        "together): one tenant or script cannot write a shared model's training data.",
     )
     edit_budget: int = Field(
         2,

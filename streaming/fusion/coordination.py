@@ -19,7 +19,10 @@ judges on, are left alone: a deployment whose every user is new loses no label.
   ``lockstep_factor``, their earlier records made again). Honest raters rarely share a
   second with the same people twice;
 - **edit floods**: one rater's edits beyond ``edit_budget`` in the window make each of
-  their edit pairs weigh budget / edits.
+  their edit pairs weigh budget / edits;
+- **one principal's flood**: with API keys, while two principals or more voted in the
+  window, one principal's votes weigh at most ``principal_max_share`` of all (at 0.5: as
+  much as all the others together), however many conversations it opens.
 
 Not saved: a restart starts the windows again (and everyone is a newcomer for a few
 chats). Bounded: at most ``max_raters`` raters, and partner counts for as many pairs.
@@ -28,7 +31,7 @@ chats). Bounded: at most ``max_raters`` raters, and partner counts for as many p
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from streaming.fusion.config import FusionConfig
@@ -59,6 +62,9 @@ class Coordination:
         self._votes: deque[tuple[int, bool, str]] = deque()
         self._newcomer_votes = 0
         self._remade_at_scale = 1.0  # the newcomer scale newcomers' records were last made with
+        # Every explicit vote in the window (anonymous ones too) by principal: (ms, principal).
+        self._principal_votes: deque[tuple[int, str]] = deque()
+        self._by_principal: Counter[str] = Counter()
         # Lockstep buckets not yet closed: bucket -> raters who voted in it.
         self._buckets: dict[int, set[str]] = {}
         self.flagged = 0  # raters found voting in lockstep (a metric)
@@ -72,9 +78,12 @@ class Coordination:
         if rater is not None:
             self._get(rater).chats += 1
 
-    def vote(self, rater: str | None, ms: int, response_id: str = "") -> None:
+    def vote(
+        self, rater: str | None, ms: int, response_id: str = "", principal: str | None = None
+    ) -> None:
         """``rater`` cast an explicit vote (a new one, joined) on ``response_id`` at server
-        time ``ms``."""
+        time ``ms``, through ``principal``'s API key (None: unknown)."""
+        self._count_principal(principal, ms)
         if rater is None:
             return  # the anonymous class is one rater already, with its own budget
         self._get(rater).votes.append((ms, response_id))
@@ -122,9 +131,25 @@ class Coordination:
         )
         return 1.0 if n_new <= budget else budget / n_new
 
-    def factor(self, rater: str | None, newcomer_scale: float | None = None) -> float:
-        """This rater's weight factor (anonymous: 1). Pass ``newcomer_scale`` when asking
-        for many raters at once."""
+    def principal_scale(self, principal: str | None) -> float:
+        """The factor of every vote through ``principal`` now (1 with one principal)."""
+        counts = self._by_principal
+        if principal is None or len(counts) < 2 or counts[principal] == 0:
+            return 1.0
+        share = self.config.principal_max_share
+        others = len(self._principal_votes) - counts[principal]
+        return min(1.0, share / (1.0 - share) * others / counts[principal])
+
+    def factor(
+        self,
+        rater: str | None,
+        newcomer_scale: float | None = None,
+        principal: str | None = None,
+    ) -> float:
+        """This rater's weight factor, answering through ``principal`` (anonymous raters:
+        the principal's only). Pass ``newcomer_scale`` when asking for many at once."""
+        if principal is not None:
+            return self.principal_scale(principal) * self.factor(rater, newcomer_scale)
         if rater is None:
             return 1.0
         known = self.raters.get(rater)
@@ -150,6 +175,17 @@ class Coordination:
             self.raters.move_to_end(rater)
         return known
 
+    def _count_principal(self, principal: str | None, ms: int) -> None:
+        votes, counts = self._principal_votes, self._by_principal
+        if principal is not None:
+            votes.append((ms, principal))
+            counts[principal] += 1
+        while votes and votes[0][0] <= ms - self.window_ms:
+            _, gone = votes.popleft()
+            counts[gone] -= 1
+            if not counts[gone]:
+                del counts[gone]
+
     def _expire(self, now: int) -> None:
         votes, horizon = self._votes, now - self.window_ms
         while votes and votes[0][0] <= horizon:
@@ -165,6 +201,7 @@ class Coordination:
         if scale < 0.8 * self._remade_at_scale:
             self._dirty.update(rid for _, newcomer, rid in self._votes if newcomer)
             self._remade_at_scale = scale
+
     def _examine(self, group: set[str]) -> None:
         """A closed bucket: its raters voted together once more."""
         cfg = self.config

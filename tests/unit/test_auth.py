@@ -149,7 +149,9 @@ def test_a_feedback_token_is_good_only_with_the_key_it_was_issued_to(
     assert stolen.status_code == 403 and "another API key" in stolen.text
     assert thumb(keys["acme"], answer, "fb-own").status_code == 202
     sent = [e for topic, _, e in served.producer.sent if topic.endswith("feedback")]
-    assert [e.event_id for e in sent] == ["fb-own"]
+    assert [(e.event_id, e.principal) for e in sent] == [("fb-own", "acme")]
+    logged = [e for topic, _, e in served.producer.sent if topic.endswith("interactions")]
+    assert [e.principal for e in logged] == ["acme"]  # for coordination's principal share
 
 
 def test_the_same_user_under_two_keys_is_two_raters(served: Any, keys: dict[str, str]) -> None:

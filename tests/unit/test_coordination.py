@@ -96,3 +96,18 @@ def test_anonymous_feedback_is_left_to_its_own_class() -> None:
     for j in range(1000):
         c.vote(None, j)
     assert c.newcomer_scale() == 1.0 and c.factor(None) == 1.0
+
+
+def test_one_principals_flood_weighs_as_much_as_all_the_others() -> None:
+    c = Coordination(CONFIG)
+    for i in range(100):
+        c.vote(f"a{i}", i, principal="acme")
+    assert c.principal_scale("acme") == 1.0  # the only principal: nothing to compare
+    for i in range(25):
+        c.vote(f"o{i}", 1000 + i, principal="other")
+    assert c.principal_scale("acme") == 0.25  # 100 votes weigh as the others' 25
+    assert c.principal_scale("other") == 1.0
+    assert c.factor(None, principal="acme") == 0.25  # its anonymous feedback too
+    assert c.factor("a1", principal="acme") == 0.25 * c.factor("a1")
+    c.vote("late", int(CONFIG.coordination_window_s * 1000) + 5000, principal="acme")
+    assert c.principal_scale("acme") == 1.0  # the window forgot the flood
