@@ -97,9 +97,16 @@ class FeedbackDesk:
             except APIError as err:
                 m.FEEDBACK.labels(_kind(raw), err.body.error.code or "invalid").inc()
                 result.rejected.append(Rejected(index=index, status=err.status, error=str(err)))
+        # One deadline for the batch: waited for one after the other, n events the broker
+        # and the spool cannot take yet kept the request n timeouts long.
+        if waits:
+            await asyncio.wait([fut for _, _, fut in waits], timeout=self.delivery_timeout_s)
         for index, event, fut in waits:
             try:
-                await asyncio.wait_for(fut, self.delivery_timeout_s)
+                if not fut.done():
+                    fut.cancel()  # given up on, as wait_for does at its timeout
+                    raise TimeoutError
+                fut.result()
             except (SpoolError, TimeoutError) as exc:
                 # Not durable yet: the client must retry with the same event_id.
                 m.FEEDBACK.labels(event.kind.value, "unavailable").inc()
@@ -107,7 +114,7 @@ class FeedbackDesk:
                     Rejected(
                         index=index,
                         status=503,
-                        error=f"not stored, retry with the same event_id ({exc or 'timeout'})",
+                        error=f"not stored, retry with the same event_id ({str(exc) or 'timeout'})",
                         event_id=event.event_id,
                     )
                 )

@@ -75,6 +75,18 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         stop_process(proc, timeout)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it (chaos tests); ``start()`` brings it back on
+        the same port, empty (memory storage)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

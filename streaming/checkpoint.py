@@ -5,7 +5,7 @@
     2. dead letters   the batch's poison records to ``livealign.deadletter``, each one
                       acknowledged by the broker (retried, with backoff, until it is)
     3. publish        the records to ``livealign.preferences``
-    4. flush          wait until the broker acknowledged every one of them
+    4. flush          wait (up to the flush timeout) until the broker acknowledged them
     5. offsets        commit the consumer's offsets
 
 A crash before 1 leaves nothing: the batch is consumed again. A crash between 1 and 5
@@ -18,6 +18,10 @@ never lost: offsets pass a poison record only once its letter is acknowledged, a
 crash before that sends the letter again on the replay (a duplicate at most). While the
 dead-letter topic cannot take letters the processor retries and commits nothing; a stop
 asked for meanwhile ends the loop without committing.
+
+A broker that is away (down, restarting) stops neither the processor nor its loop: the
+records the topic did not take in time cost the topic what a crash would (they are in the
+store), and offsets not committed are the replay above.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 
 from streaming.events import TOPIC_DEADLETTER, TOPIC_PREFERENCES, DeadLetter, PreferencePair
 from streaming.records import Record
@@ -55,15 +59,16 @@ class Checkpoint:
         nothing was committed.
 
         Offsets the group no longer accepts (it rebalanced meanwhile: a broker restart,
-        another instance joining, a batch longer than the poll interval) are not an
-        error: the batch is stored, whoever now owns its partitions reads it again, and
-        finds it stored. The processor goes on; the next poll rejoins the group."""
+        another instance joining, a batch longer than the poll interval), or that cannot
+        be committed in time (the broker is away), are not an error: the batch is stored,
+        whoever next reads its partitions reads it again, and finds it stored. The
+        processor goes on; the next poll rejoins the group."""
         if letters and not self.dead_letters(letters, stop or threading.Event()):
             return False
         self.publish(records)
         try:
             self.consumer.commit()
-        except CommitFailedError as exc:
+        except KafkaError as exc:  # CommitFailedError, or a timeout
             log.warning("offsets not committed, the batch will be read again: %s", exc)
         return True
 
@@ -104,16 +109,27 @@ class Checkpoint:
         return failed
 
     def publish(self, records: list[Record]) -> None:
-        """Steps 2 and 3 alone: for records made outside a batch (when responses' feedback
-        windows close), whose store transaction has committed."""
-        for rec in records:
-            value = rec.model_dump_json().encode()
-            self.producer.send(TOPIC_PREFERENCES, key=key(rec), value=value)
-        self.producer.flush(timeout=self.flush_timeout_s)
+        """Steps 3 and 4; alone for records made outside a batch (when responses' feedback
+        windows close), whose store transaction has committed. Records the broker did not
+        acknowledge within the flush timeout are logged, not raised: the store holds them
+        (the producer still sends them if the broker comes back before they expire)."""
+        try:
+            for rec in records:
+                value = rec.model_dump_json().encode()
+                self.producer.send(TOPIC_PREFERENCES, key=key(rec), value=value)
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except KafkaError as exc:
+            log.warning(
+                "%d records not acknowledged by %s in %.0f s (they are in the store): %s",
+                len(records), TOPIC_PREFERENCES, self.flush_timeout_s, exc,
+            )  # fmt: skip
 
     def close(self) -> None:
         self.consumer.close()
-        self.producer.close(timeout=5)
+        try:
+            self.producer.close(timeout=5)
+        except KafkaError as exc:  # the broker away at a stop: the store has the records
+            log.warning("records not flushed to %s at close: %s", TOPIC_PREFERENCES, exc)
 
 
 def key(rec: Record) -> bytes:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 from pydantic import BaseModel
 
 from monitoring import metrics as m
@@ -75,6 +76,9 @@ class EventProducer:
         self._error: str | None = None  # the sender's last error, while it keeps failing
         self._refused: str | None = None  # why the spool refused the last event, until it takes one
         self._acked_ms: dict[str, int] = {}  # per topic: the newest acknowledged timestamp
+        # Sent on the current producer, not yet acknowledged nor failed (by id): when the
+        # producer is dropped, these are spooled (see _drop_producer).
+        self._in_flight: dict[int, _Item] = {}
         m.SPOOL_CAPACITY.set(config.spool_max_bytes)
         self._update_gauges()
 
@@ -171,6 +175,7 @@ class EventProducer:
         if len(self.spool) or self._ensure_producer() is None:
             self._spool_item(item)
             return
+        self._in_flight[id(item)] = item
         try:
             fut = self._send(item.topic, item.key, item.value)
         except Exception as exc:  # KafkaTimeoutError when metadata is unavailable
@@ -180,6 +185,7 @@ class EventProducer:
         fut.add_errback(lambda exc: self._on_error(item, exc))
 
     def _on_sent(self, item: _Item, metadata: Any) -> None:
+        self._in_flight.pop(id(item), None)
         m.PRODUCER_SENT.labels(item.topic).inc()
         self._acked(item.topic, metadata)
         if not item.future.done():
@@ -195,6 +201,8 @@ class EventProducer:
             m.PRODUCER_ACKED_TS.labels(topic).set(ts / 1000)
 
     def _on_error(self, item: _Item, exc: BaseException) -> None:
+        if self._in_flight.pop(id(item), None) is None:
+            return  # its producer was dropped, and it was spooled then
         m.PRODUCER_FAILURES.labels(item.topic).inc()
         if not self._broken.is_set():  # one line per outage, not one per event
             log.warning("send to %s failed (%s); spooling until it is back", item.topic, exc)
@@ -287,7 +295,9 @@ class EventProducer:
         return self._producer
 
     def _drop_producer(self, flush_timeout: float) -> None:
-        """Close the current producer; unacknowledged sends fail over to the spool."""
+        """Close the current producer; unacknowledged sends fail over to the spool (a send
+        the broker took but had not acknowledged yet is then sent again: a duplicate,
+        which the processor drops)."""
         with self._producer_lock:
             producer, self._producer = self._producer, None
         if producer is not None:
@@ -297,10 +307,17 @@ class EventProducer:
             except Exception as exc:
                 log.warning("flush failed on close: %s", exc)
             try:
-                producer.close(timeout=0)
+                close_now(producer)
             except Exception as exc:
                 log.warning("producer close failed: %s", exc)
             self._schedule_retry(None)
+        # Sends whose futures the closed producer never resolved (an idempotent producer
+        # waits for the answer of a broker that died): kept, not lost.
+        stranded = [self._in_flight.pop(key) for key in list(self._in_flight)]
+        for item in stranded:
+            self._spool_item(item)
+        if stranded:
+            log.warning("%d unacknowledged events spooled from the closed producer", len(stranded))
         self._broken.clear()
 
     def _schedule_retry(self, exc: Exception | None) -> None:
@@ -312,6 +329,25 @@ class EventProducer:
     def _update_gauges(self) -> None:
         m.SPOOL_DEPTH.set(len(self.spool))
         m.SPOOL_BYTES.set(self.spool.size_bytes)
+
+
+def close_now(producer: KafkaProducer) -> None:
+    """Close ``producer`` without waiting. kafka-python's ``close(timeout=0)`` flushes
+    first and raises when a send is still in flight, leaving the producer running (its
+    thread, sockets and batches, which an idempotent producer retries for as long as its
+    broker does not answer). Then its sender is stopped the way ``close()`` stops it after
+    the flush, failing what is left in flight, and the close completes."""
+    try:
+        producer.close(timeout=0)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)  # no public close-without-flush
+    if sender is None:
+        raise RuntimeError("kafka-python's producer has no _sender to stop")
+    sender.force_close()
+    sender.join(5.0)
+    producer.close(timeout=0)  # nothing in flight now
 
 
 def delivery_problem(

@@ -248,3 +248,86 @@ def test_failed_connects_to_a_dead_broker_leak_no_sockets_or_threads(tmp_path: P
         gc.enable()
     p.close(timeout=5)
     assert {t.name for t in threading.enumerate()} <= threads
+
+
+class HangingFuture:
+    """A send to a broker that died with it in flight: an idempotent producer waits for
+    its answer, so neither callback nor errback runs unless the producer is force-closed."""
+
+    def __init__(self) -> None:
+        self.errbacks: list[Callable[[BaseException], None]] = []
+
+    def add_callback(self, f: Callable[[Any], None]) -> HangingFuture:
+        return self
+
+    def add_errback(self, f: Callable[[BaseException], None]) -> HangingFuture:
+        self.errbacks.append(f)
+        return self
+
+
+class HangingSender:
+    def __init__(self, fails_in_flight: bool) -> None:
+        self.fails_in_flight = fails_in_flight
+        self.in_flight: list[HangingFuture] = []
+        self.stopped = False
+
+    def force_close(self) -> None:
+        self.stopped = True
+
+    def join(self, timeout: float) -> None:
+        if self.fails_in_flight:  # as kafka-python's does: the batches are aborted
+            for future in self.in_flight:
+                for errback in future.errbacks:
+                    errback(RuntimeError("Producer is closed forcefully."))
+            self.in_flight.clear()
+
+
+class HangingKafkaProducer(FakeKafkaProducer):
+    """kafka-python's: close(timeout=0) flushes first, so it raises while a send is in
+    flight, until its sender is stopped."""
+
+    fails_in_flight = True
+
+    def __init__(self, **configs: Any) -> None:
+        super().__init__(**configs)
+        self._sender = HangingSender(self.fails_in_flight)
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        if self.broker.up:
+            return super().send(topic, key, value)
+        future = HangingFuture()
+        self._sender.in_flight.append(future)
+        return future
+
+    def close(self, timeout: float | None = None) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        if self._sender.in_flight and not self._sender.stopped:
+            raise KafkaTimeoutError("Timeout waiting for future")
+        self.closed = True
+
+
+@pytest.mark.parametrize("fails_in_flight", [True, False])
+def test_a_send_in_flight_when_the_broker_dies_is_spooled_once_not_lost(
+    tmp_path: Path, broker: FakeBroker, monkeypatch: pytest.MonkeyPatch, fails_in_flight: bool
+) -> None:
+    """The broker dies with a send in flight whose future its producer never resolves
+    (an interaction: no client retries it). Dropping that producer closes it for good and
+    spools the send, once, whether or not the forced close fails it."""
+    monkeypatch.setattr(HangingKafkaProducer, "fails_in_flight", fails_in_flight)
+    monkeypatch.setattr(producer_module, "KafkaProducer", HangingKafkaProducer)
+    p = EventProducer(ProducerConfig(spool_dir=tmp_path, max_backoff_s=0.2)).start()
+    try:
+        assert p.submit("interactions", None, Event(n=0)).result(WAIT_S) == "sent"
+        broker.up = False
+        future = p.submit("interactions", None, Event(n=1))
+        until(lambda: bool(broker.made[0]._sender.in_flight))
+        assert not future.done()  # in flight, unanswered
+        p._broken.set()  # what a failing send elsewhere does: the producer is dropped
+        assert future.result(WAIT_S) == "spooled"
+        assert len(p.spool) == 1 and broker.made[0].closed  # closed, not left running
+        broker.up = True
+        until(lambda: len(p.spool) == 0)
+        assert [n for _, n in broker.received] == [0, 1]
+    finally:
+        p.close(timeout=5)
