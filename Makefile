@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: system install up test test-unit lint bench-serving bench-learning bench-learning-matrix clean
+.PHONY: system install up test test-unit lint bench-serving bench-chaos bench-learning bench-learning-matrix clean
 
 install: system $(VENV)/.installed
 
@@ -50,6 +50,10 @@ test-unit: install
 
 bench-serving: install
 	$(PY) bench/serving_overhead.py $(ARGS)
+
+# Faults under load on the local stack (~10 min; ARGS="--quick" for a ~5 min smoke run).
+bench-chaos: install
+	$(PY) bench/chaos.py $(ARGS)
 
 # One row of the learning benchmark (a family, a mode, a seed): ARGS="--family bold
 # --mode explicit --append", say. The defaults: summary, fused, seed 0, 2,000 feedback events.

@@ -461,7 +461,7 @@ class Chaos:
     def __init__(self, stack: LocalStack, model_path: Path, tail: Tail, args: Any) -> None:
         self.stack, self.model_path, self.tail, self.args = stack, model_path, tail, args
         self.windows: list[Window] = []
-        self._leftovers: set[str] = set()  # round folders of killed rounds
+        self.killed_rounds: set[str] = set()  # the scratch folders of killed rounds
 
     def inject(self, spec: FaultSpec) -> Window:
         window: Window = getattr(self, spec.kind)(spec)
@@ -505,7 +505,7 @@ class Chaos:
 
     def _round_in_progress(self) -> Path | None:
         work = self.stack.settings.home / "work"
-        rounds = sorted(p for p in work.glob("round-*") if p.name not in self._leftovers)
+        rounds = sorted(p for p in work.glob("round-*") if p.name not in self.killed_rounds)
         return rounds[-1] if rounds else None
 
     def trainer(self, spec: FaultSpec) -> Window:
@@ -526,7 +526,7 @@ class Chaos:
                 continue
             start = time.time()
             ray.kill(self.stack.trainer, no_restart=True)
-            self._leftovers.add(folder.name)
+            self.killed_rounds.add(folder.name)
             time.sleep(spec.down_s)
             self.stack.start_trainer(self.model_path)
             ray.get(self.stack.trainer.due.remote(), timeout=120)  # it is up
@@ -753,14 +753,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         interactions = stored_interactions(store_url)
         rounds = trainer_rounds(settings.registry_dir)
         versions = verify_versions(settings.registry_dir)
-        # A killed round's scratch is removed by the next round (none after: it stays).
-        folders = sorted(p.name for p in (home / "work").glob("round-*"))
+        # A killed round's scratch is removed by the next round (a round still running
+        # now has its own; a kill with no round after it leaves its scratch).
+        left = sorted(chaos.killed_rounds & {p.name for p in (home / "work").glob("round-*")})
         spool_left = spooled(stack.url)
     return summarize(
         args, users, chaos.windows, stored, tail.counts, interactions, sampler.samples,
         times=times,
         extra={"drain_s": drain_s, "spooled_at_end": spool_left, "trainer_rounds": rounds,
-               "versions_verified": versions, "round_folders_left": folders,
+               "versions_verified": versions, "killed_round_scratch_left": left,
                "home": str(home)},
     )  # fmt: skip
 
@@ -833,6 +834,10 @@ def summarize(
         "latency_chaos_outside_windows_p50_s": quantile(chaos_ok, 0.5),
         "latency_chaos_outside_windows_p99_s": quantile(chaos_ok, 0.99),
         "rss": rss_summary(samples, args.rss_settle_s),
+        "rss_samples": {  # role -> [seconds from t0, pid, MiB]
+            role: [[x.t - t0, x.pid, x.rss / 2**20] for x in samples if x.role == role]
+            for role in sorted({x.role for x in samples})
+        },
         **extra,
     }
 
@@ -878,8 +883,8 @@ def report(n: dict[str, Any]) -> None:
     print(
         f"drain: {n['drain_s']:.0f} s; spooled at the end: {n['spooled_at_end']}; trainer "
         f"rounds: {[r['outcome'] for r in n['trainer_rounds']]}; versions: "
-        f"{n['versions_verified'] or 'none published'}; round folders left: "
-        f"{n['round_folders_left'] or 'none'}"
+        f"{n['versions_verified'] or 'none published'}; killed rounds' scratch left: "
+        f"{n['killed_round_scratch_left'] or 'none'}"
     )
     print(
         "\n| process | incarnations | RSS start MiB | RSS end MiB | growth MiB | over s "
@@ -971,7 +976,8 @@ def parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on --quick."""
     quick = args.quick
-    args.schedule = args.schedule or (QUICK_SCHEDULE if quick else DEFAULT_SCHEDULE)
+    if args.schedule is None:  # "" is a schedule: no faults
+        args.schedule = QUICK_SCHEDULE if quick else DEFAULT_SCHEDULE
     args.warmup_s = args.warmup_s if args.warmup_s is not None else (20.0 if quick else 60.0)
     args.tail_s = args.tail_s if args.tail_s is not None else (20.0 if quick else 45.0)
     if args.trainer_interval_s is None:
