@@ -52,7 +52,9 @@ def up(
     )
     logs.setup(settings.home / "livealign.log", quiet=not verbose)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal no longer reaches the broker, processor and Prometheus
+    # (they run in sessions of their own), so the stack must stop them.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     stack = LocalStack(settings, quiet=not verbose)
     processor_log = logs.LogFollower(stack.processor_log)  # from its end: this run's lines

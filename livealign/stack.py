@@ -198,7 +198,9 @@ class LocalStack:
         # Its settings through one channel, the one any deployment uses: the environment.
         env = {**os.environ, **s.to_env(kafka=self.bootstrap, home=str(s.home.resolve()))}
         out = open(self.processor_log, "ab")  # noqa: SIM115 (the child keeps it)
-        self.processor = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.processor = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )  # its own session, as the broker's: the stack stops it, in order
         out.close()
         targets.register(s.targets_dir, "processor", "0", self.processor_metrics_port)
         log.info("stream processor started (log: %s)", self.processor_log)

@@ -128,7 +128,9 @@ class PrometheusServer:
             f"--web.listen-address={HOST}:{self.port}",
         ]
         out = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own session: the stack stops it, not the terminal's Ctrl-C
         out.close()
         try:
             self._wait_ready(timeout)

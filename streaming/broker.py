@@ -62,7 +62,11 @@ class EmbeddedBroker:
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # Its own session: a terminal's Ctrl-C reaches the stack, which stops the broker
+        # last, not the broker first (every producer then logs its lost connection).
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             wait_for_port(self.host, self.port, timeout)
         except TimeoutError:
