@@ -170,9 +170,6 @@ class KeyRing:
     def enabled(self) -> bool:
         return self.path is not None
 
-    def principals(self) -> list[str]:
-        return sorted(k.principal for k in self._keys.values())
-
     def authenticate(self, credential: str | None, now: float | None = None) -> str:
         """The principal a bearer credential (the header's value after "Bearer ") is for;
         ``PUBLIC`` while keys are off. Raises ``Refused`` (401)."""
