@@ -88,6 +88,13 @@ def test_a_lost_event_is_put_down_to_the_next_broker_kill() -> None:
     assert lost_to_broker(by) == 4
 
 
+def test_on_durable_storage_no_loss_is_put_down_to_a_broker_kill() -> None:
+    windows = [*WINDOWS, Window("broker", 400.0, 410.0)]
+    by = lost_to([95.0, 105.0, 450.0], windows, t0=50.0, broker_forgets=False)
+    assert by == {"broker": {"n": 1, "oldest_s": 0.0}, OUTSIDE: {"n": 2, "oldest_s": 0.0}}
+    assert lost_to_broker(by) == 0  # each one is LiveAlign's
+
+
 def test_a_loss_after_the_last_broker_kill_is_labelled_by_its_window() -> None:
     assert lost_to([210.0], WINDOWS, t0=0.0) == {"replica": {"n": 1, "oldest_s": 0.0}}
 
