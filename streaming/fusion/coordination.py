@@ -42,15 +42,35 @@ _BUSY_FACTOR = 16  # a bucket of more than min_group x this is not examined
 _RECENT = 256  # a rater's edits (and votes) remembered, to remake their records
 
 
+_NONE: deque[tuple[int, str]] = deque(maxlen=0)  # shared, never appended to
+
+
+def _no_events() -> deque[tuple[int, str]]:
+    return _NONE
+
+
 @dataclass(slots=True)
 class _Rater:
     chats: int = 0
     # (server time, response id) of their edits in the window, and of their last votes:
-    # when what is known of the rater changes, those responses' records are remade.
-    edits: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT))
-    votes: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT))
+    # when what is known of the rater changes, those responses' records are remade. Made
+    # at the first one: most raters never edit or vote, and an empty deque costs ~400
+    # bytes, times max_raters.
+    edits: deque[tuple[int, str]] = field(default_factory=_no_events)
+    votes: deque[tuple[int, str]] = field(default_factory=_no_events)
     partners: dict[str, int] = field(default_factory=dict)  # times voted together
     lockstep: bool = False
+
+    def voted(self, ms: int, response_id: str) -> None:
+        if self.votes is _NONE:
+            self.votes = deque(maxlen=_RECENT)
+        self.votes.append((ms, response_id))
+
+    def edited(self, ms: int, response_id: str) -> deque[tuple[int, str]]:
+        if self.edits is _NONE:
+            self.edits = deque(maxlen=_RECENT)
+        self.edits.append((ms, response_id))
+        return self.edits
 
 
 class Coordination:
@@ -86,7 +106,7 @@ class Coordination:
         self._count_principal(principal, ms)
         if rater is None:
             return  # the anonymous class is one rater already, with its own budget
-        self._get(rater).votes.append((ms, response_id))
+        self._get(rater).voted(ms, response_id)
         newcomer = self.newcomer(rater)
         self._votes.append((ms, newcomer, response_id))
         self._newcomer_votes += newcomer
@@ -103,8 +123,7 @@ class Coordination:
         budget, the rater's earlier edit pairs in the window are remade, lighter."""
         if rater is None:
             return
-        edits = self._get(rater).edits
-        edits.append((ms, response_id))
+        edits = self._get(rater).edited(ms, response_id)
         while edits and edits[0][0] <= ms - self.window_ms:
             edits.popleft()
         if len(edits) > self.config.edit_budget:
