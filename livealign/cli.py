@@ -78,7 +78,9 @@ def processor(
         str | None, typer.Option(help="HOST:PORT[,HOST:PORT] of Kafka (or LIVEALIGN_KAFKA).")
     ] = None,
     store: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store.")] = None,
-    group: Annotated[str, typer.Option(help="Consumer group.")] = "livealign-processor",
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (or LIVEALIGN_PROCESSOR_GROUP).")
+    ] = None,
     fusion_mode: Annotated[str | None, typer.Option(help="explicit, implicit or fused.")] = None,
     metrics_port: Annotated[
         int | None,
@@ -100,12 +102,12 @@ def processor(
     logs.setup()
     settings = Settings.load(
         config, kafka=kafka, store_url=store, fusion_mode=fusion_mode, home=home,
-        processor_metrics_port=metrics_port,
+        processor_metrics_port=metrics_port, processor_group=group,
     )  # fmt: skip
     if settings.kafka is None:
         raise typer.BadParameter("give --kafka HOST:PORT (or LIVEALIGN_KAFKA)", param_hint="kafka")
     cfg = settings.processor_config(settings.kafka).model_copy(
-        update={"group_id": group, "session_timeout_ms": session_timeout_ms}
+        update={"session_timeout_ms": session_timeout_ms}
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

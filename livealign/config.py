@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         "(label, pairs, outcome) are made and judged by the canary controller.",
     )
     processor: bool = Field(True, description="Start the stream processor with the stack.")
+    processor_group: str = Field(
+        _default(ProcessorConfig, "group_id"),
+        description="The processors' Kafka consumer group: one per deployment sharing a Kafka.",
+    )
     trainer: bool = Field(True, description="Start the trainer actor with the stack.")
     trainer_interval_s: float = Field(
         _default(TrainerConfig, "interval_s"), description="A round at least this often."
@@ -345,6 +349,7 @@ class Settings(BaseSettings):
         url = self.store_url or f"sqlite:///{(self.home / 'preferences.sqlite').resolve()}"
         return ProcessorConfig(
             bootstrap_servers=bootstrap,
+            group_id=self.processor_group,
             store_url=url,
             grace_s=self.grace_s,
             settle_s=self.settle_s,

@@ -74,6 +74,8 @@ them (those are files in the secrets folder). */}}
   value: {{ include "livealign.secretsDir" . }}
 - name: LIVEALIGN_KAFKA
   value: {{ include "livealign.bootstrap" . | quote }}
+- name: LIVEALIGN_PROCESSOR_GROUP
+  value: {{ printf "%s-processor" (include "livealign.fullname" .) }}
 - name: LIVEALIGN_PARTITIONS
   value: {{ .Values.kafka.topics.partitions | quote }}
 - name: LIVEALIGN_MODEL
