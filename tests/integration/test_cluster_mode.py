@@ -186,12 +186,11 @@ def test_two_replicas_follow_one_shared_registry(stack: LocalStack, tmp_path: Pa
         for seed in (1, 2):
             adapter = make_adapter(base, tmp_path / f"adapter-{seed}", seed)
             parent = registry.state().stable
-            refs.append(
-                registry.publish(
-                    adapter, parent=parent, base_model=str(base), data_window=window, metrics={}
-                ).ref
-            )
-            new = refs[-1]
+            new = registry.publish(
+                adapter, parent=parent, base_model=str(base), data_window=window, metrics={}
+            ).ref
+            registry.set_state(stable=new, action="publish", reason="test")  # as the trainer does
+            refs.append(new)
 
             def switched(new: str = new) -> bool:
                 texts = replica_metrics(targets).values()

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -313,3 +314,27 @@ def test_generated_secrets_are_kept() -> None:
         assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     template = (CHART / "templates" / "secrets.yaml").read_text()
     assert template.count('lookup "v1" "Secret"') == 2
+
+
+def test_the_values_schema_is_draft_2020_12_with_every_object_closed() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    open_objects: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and node.get("additionalProperties") is not False:
+                open_objects.append(where)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(schema, "")
+    # Only a conditional branch (kafka's if/then) names properties without closing them:
+    # the object it constrains is closed itself.
+    assert [w for w in open_objects if not w.endswith(("/if", "/then", "/external"))] == []
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(defaults)) == []
