@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,16 @@ def test_the_values_schema_is_draft_2020_12_with_every_object_closed() -> None:
     assert [w for w in open_objects if not w.endswith(("/if", "/then", "/external"))] == []
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(defaults)) == []
+
+
+def test_the_packaged_chart_carries_the_rules_and_dashboards(tmp_path: Path) -> None:
+    """helm package keeps the files the templates read (no link left to follow), and
+    leaves the promtool test and the CI profiles out."""
+    done = chart.helm("package", str(CHART), "--destination", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    [package] = tmp_path.glob("livealign-*.tgz")
+    with tarfile.open(package) as tar:
+        names = set(tar.getnames())
+    assert "livealign/files/alerts.yaml" in names
+    assert {f"livealign/files/dashboards/{p.name}" for p in dashboards.OUT.glob("*.json")} <= names
+    assert not [n for n in names if n.endswith("alerts.test.yaml") or "/ci/" in n]
