@@ -215,3 +215,45 @@ def test_two_replicas_follow_one_shared_registry(stack: LocalStack, tmp_path: Pa
             assert gauge(text, "livealign_loaded_adapter", new) == 1
     finally:
         serve.delete("two-replicas")
+
+
+def test_the_chat_app_from_the_charts_settings_requires_api_keys(
+    stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """livealign.cluster:serving, the builder the RayService's Serve config names, with the
+    chart's environment and secrets folder: API keys are on, the keys file is the mounted
+    folder's (a key added there is taken without a restart), the admin key is the secret
+    file's, and the replica's metrics are on the port the chart gives it."""
+    from ray import serve
+
+    from livealign import cluster
+    from serving import auth
+
+    env = chart_environment(stack, tmp_path, "sqlite:///" + str(tmp_path / "prefs.sqlite"))
+    metrics_port = free_port()
+    env["LIVEALIGN_SERVING_METRICS_PORT"] = str(metrics_port)
+    keys_file = Path(env["LIVEALIGN_API_KEYS_PATH"])
+    keys_file.parent.mkdir()
+    alice = auth.add_key(keys_file, "alice")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    admin_key = (Path(env["LIVEALIGN_SECRETS_DIR"]) / "livealign_admin_key").read_text()
+    serve.run(cluster.serving({}), name="from-env", route_prefix="/from-env", blocking=False)
+    try:
+        url = f"{stack.url}/from-env"
+
+        def models(key: str | None) -> int:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).status_code
+
+        wait_for(lambda: httpx.get(f"{url}/healthz", timeout=10).status_code == 200, 300)
+        assert models(None) == 401
+        assert models(alice) == 200
+        bob = auth.add_key(keys_file, "bob")  # the Secret updated: the file replaced
+        wait_for(lambda: models(bob) == 200, timeout=30)
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        assert httpx.get(f"{url}/admin/adapters", headers=admin, timeout=30).status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert "livealign_served_adapter" in metrics
+    finally:
+        serve.delete("from-env")
