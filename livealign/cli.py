@@ -78,16 +78,22 @@ def processor(
         str | None, typer.Option(help="HOST:PORT[,HOST:PORT] of Kafka (or LIVEALIGN_KAFKA).")
     ] = None,
     store: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store.")] = None,
-    group: Annotated[str, typer.Option(help="Consumer group.")] = "livealign-processor",
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (or LIVEALIGN_PROCESSOR_GROUP).")
+    ] = None,
     fusion_mode: Annotated[str | None, typer.Option(help="explicit, implicit or fused.")] = None,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus port; 0: none.")] = 0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus port; 0: none (or LIVEALIGN_PROCESSOR_METRICS_PORT)."),
+    ] = None,
     session_timeout_ms: Annotated[int, typer.Option(help="Consumer group session.")] = 10_000,
     home: Annotated[Path | None, typer.Option(help="State folder.")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the stream processor until SIGINT/SIGTERM. Start N of them (same --group) to
     split the partitions; each takes over the others' partitions when they stop. Settings
-    not given as flags come from the environment (LIVEALIGN_*) and the --config file."""
+    not given as flags come from the environment (LIVEALIGN_*), the secrets folder
+    (LIVEALIGN_SECRETS_DIR) and the --config file."""
     from prometheus_client import start_http_server
 
     from monitoring import logs
@@ -95,18 +101,19 @@ def processor(
 
     logs.setup()
     settings = Settings.load(
-        config, kafka=kafka, store_url=store, fusion_mode=fusion_mode, home=home
-    )
+        config, kafka=kafka, store_url=store, fusion_mode=fusion_mode, home=home,
+        processor_metrics_port=metrics_port, processor_group=group,
+    )  # fmt: skip
     if settings.kafka is None:
         raise typer.BadParameter("give --kafka HOST:PORT (or LIVEALIGN_KAFKA)", param_hint="kafka")
     cfg = settings.processor_config(settings.kafka).model_copy(
-        update={"group_id": group, "session_timeout_ms": session_timeout_ms}
+        update={"session_timeout_ms": session_timeout_ms}
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+    if settings.processor_metrics_port:
+        start_http_server(settings.processor_metrics_port, addr=settings.metrics_host)
     Processor(cfg).run(stop)
 
 

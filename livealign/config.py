@@ -5,9 +5,12 @@ Where a setting comes from, lowest precedence first:
 1. its default, written once: a part's own knob takes the default of the part's config
    (``grace_s`` is ``ProcessorConfig``'s, ``trainer_interval_s`` is ``TrainerConfig``'s);
 2. the TOML file (``--config livealign.toml``);
-3. the environment, prefix ``LIVEALIGN_`` (``LIVEALIGN_PORT=9000``); a table as JSON
+3. files in the secrets folder named by ``LIVEALIGN_SECRETS_DIR``, one setting a file, named
+   as its variable in lower case (``livealign_store_url``, ``livealign_feedback_secret``):
+   Kubernetes' mounted Secrets, so that no secret need be an environment variable;
+4. the environment, prefix ``LIVEALIGN_`` (``LIVEALIGN_PORT=9000``); a table as JSON
    (``LIVEALIGN_FUSION_OVERRIDES='{"dwell_half_point_ms": 9000}'``);
-4. explicit arguments: command-line flags, or keyword arguments in code.
+5. explicit arguments: command-line flags, or keyword arguments in code.
 
 A table (``fusion_overrides``, ``record_overrides``, ``trainer_overrides``, ...) is merged key by
 key across those sources. Every setting has exactly one place: a flat field, or a key of
@@ -36,6 +39,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -50,6 +54,8 @@ from streaming.records import RecordConfig
 from trainer.config import TrainerConfig
 
 ENV_PREFIX = "LIVEALIGN_"
+# The folder of secret files (a mounted Kubernetes Secret), read as a source of settings.
+SECRETS_DIR_ENV = f"{ENV_PREFIX}SECRETS_DIR"
 # The TOML file Settings.load() reads (a context variable: settings sources are classmethods).
 _TOML_FILE: ContextVar[Path | None] = ContextVar("livealign_toml_file", default=None)
 
@@ -124,6 +130,10 @@ class Settings(BaseSettings):
         "(label, pairs, outcome) are made and judged by the canary controller.",
     )
     processor: bool = Field(True, description="Start the stream processor with the stack.")
+    processor_group: str = Field(
+        _default(ProcessorConfig, "group_id"),
+        description="The processors' Kafka consumer group: one per deployment sharing a Kafka.",
+    )
     trainer: bool = Field(True, description="Start the trainer actor with the stack.")
     trainer_interval_s: float = Field(
         _default(TrainerConfig, "interval_s"), description="A round at least this often."
@@ -168,6 +178,24 @@ class Settings(BaseSettings):
         description="Require an API key on chat, models and feedback (the keys are in the "
         "home's api_keys.json, managed with `livealign keys`); off: open to every caller.",
     )
+    api_keys_path: Path | None = Field(
+        None,
+        description="The API keys file; none: api_keys.json in home. In a cluster, a file of "
+        "a mounted Secret's folder (a folder mount: a Secret's update reaches the file).",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address every part's own metrics endpoint listens on (a cluster: "
+        "0.0.0.0, for a Prometheus in another pod).",
+    )
+    serving_metrics_port: int = Field(
+        0, ge=0, description="Each serving replica's metrics port; 0: a free one (local)."
+    )
+    processor_metrics_port: int = Field(
+        0, ge=0, description="The processor's metrics port (`livealign processor`); 0: none."
+    )
+    trainer_metrics_port: int = Field(0, ge=0, description="The trainer's; 0: a free one.")
+    canary_metrics_port: int = Field(0, ge=0, description="The canary controller's; 0: a free one.")
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
 
@@ -187,10 +215,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: arguments, then the environment, then the TOML file.
+        # Highest first: arguments, the environment, the secrets folder, the TOML file.
         path = _TOML_FILE.get()
         toml = () if path is None else (TomlConfigSettingsSource(settings_cls, toml_file=path),)
-        return (init_settings, env_settings, *toml)
+        folder = os.environ.get(SECRETS_DIR_ENV)
+        files = () if not folder else (SecretsSettingsSource(settings_cls, secrets_dir=folder),)
+        return (init_settings, env_settings, *files, *toml)
 
     @model_validator(mode="after")
     def _one_place_per_setting(self) -> Settings:
@@ -275,6 +305,8 @@ class Settings(BaseSettings):
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
             api_keys_file=self.api_keys_file if self.api_keys else None,
             registry_dir=self.registry_dir,
+            metrics_host=self.metrics_host,
+            metrics_port=self.serving_metrics_port,
             canary_unit=self.canary_unit,
             canary_policy=self.canary_policy(),
             metrics_targets_dir=self.targets_dir,
@@ -296,7 +328,7 @@ class Settings(BaseSettings):
     @property
     def api_keys_file(self) -> Path:
         """The API keys (their digests and limits): ``livealign keys`` writes it."""
-        return (self.home / "api_keys.json").resolve()
+        return (self.api_keys_path or self.home / "api_keys.json").resolve()
 
     @property
     def targets_dir(self) -> Path:
@@ -323,6 +355,7 @@ class Settings(BaseSettings):
         url = self.store_url or f"sqlite:///{(self.home / 'preferences.sqlite').resolve()}"
         return ProcessorConfig(
             bootstrap_servers=bootstrap,
+            group_id=self.processor_group,
             store_url=url,
             grace_s=self.grace_s,
             settle_s=self.settle_s,

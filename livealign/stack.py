@@ -172,10 +172,13 @@ class LocalStack:
         from trainer.actor import TrainerActor
         from trainer.sampler import ServeSampler
 
-        self.trainer_metrics_port = free_port()
-        config = config or self.settings.trainer_config(model_path, self.bootstrap)
+        s = self.settings
+        self.trainer_metrics_port = s.trainer_metrics_port or free_port()
+        config = config or s.trainer_config(model_path, self.bootstrap)
         sampler = ServeSampler(APP_NAME)
-        self.trainer = TrainerActor.remote(config, self.trainer_metrics_port, sampler)  # type: ignore[attr-defined]
+        self.trainer = TrainerActor.remote(  # type: ignore[attr-defined]
+            config, self.trainer_metrics_port, sampler, s.metrics_host
+        )
         self.trainer.loop.remote()
         targets.register(self.settings.targets_dir, "trainer", "0", self.trainer_metrics_port)
         log.info("trainer started")
@@ -184,9 +187,12 @@ class LocalStack:
         """The canary controller Ray actor: judges each new version on live feedback."""
         from serving.canary.actor import CanaryActor
 
-        self.canary_metrics_port = free_port()
-        config = self.settings.controller_config(self.bootstrap)
-        self.canary = CanaryActor.remote(config, self.canary_metrics_port)  # type: ignore[attr-defined]
+        s = self.settings
+        self.canary_metrics_port = s.canary_metrics_port or free_port()
+        config = s.controller_config(self.bootstrap)
+        self.canary = CanaryActor.remote(  # type: ignore[attr-defined]
+            config, self.canary_metrics_port, s.metrics_host
+        )
         self.canary.loop.remote()
         targets.register(self.settings.targets_dir, "canary", "0", self.canary_metrics_port)
         log.info("canary controller started")
@@ -194,7 +200,7 @@ class LocalStack:
     def start_processor(self) -> None:
         """The stream processor runs in its own process, as it would in a cluster."""
         s = self.settings
-        self.processor_metrics_port = free_port()
+        self.processor_metrics_port = s.processor_metrics_port or free_port()
         cmd = [sys.executable, "-m", "livealign.cli", "processor",
                "--metrics-port", str(self.processor_metrics_port)]  # fmt: skip
         # Its settings through one channel, the one any deployment uses: the environment.

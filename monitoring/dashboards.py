@@ -1,5 +1,5 @@
 """LiveAlign's Grafana dashboards, as code: ``python -m monitoring.dashboards`` writes
-them to ``monitoring/dashboards/*.json`` (``--check``: exit 1 if the files there differ).
+them to ``helm/livealign/files/dashboards/*.json`` (``--check``: exit 1 if the files there differ).
 
 Two dashboards. *Serving and feedback* puts the serving metrics next to what users think
 of the answers, per adapter version (``$adapter``) and canary arm (``$arm``): traffic,
@@ -26,7 +26,8 @@ from monitoring import pipeline_panels as pp
 from monitoring import serving_panels as sp
 from monitoring.panels import Annotation, Panel, datasource_variable, events, label_variable
 
-OUT = Path(__file__).resolve().parent / "dashboards"
+# In the Helm chart, which embeds them as ConfigMaps (Helm reads files inside a chart only).
+OUT = Path(__file__).resolve().parents[1] / "helm/livealign/files/dashboards"
 Rows = dict[str, list[Panel]]
 # The rounds worth a mark on every graph (a skipped one changed nothing).
 ENDED = 'outcome=~"published|rejected|failed"'

@@ -161,6 +161,12 @@ SERVED_ADAPTER = Gauge(
     "1 for each adapter version new requests go to (stable, and the canary if any).",
     ["adapter"],
 )
+LOADED_ADAPTER = Gauge(
+    "livealign_loaded_adapter",
+    "1 while this replica's engine holds the adapter version's weights (from its load to "
+    "its unload, after its last request).",
+    ["adapter"],
+)
 CANARY_WEIGHT = Gauge(
     "livealign_canary_weight",
     "Share of new conversations this replica routes to the canary version (0 once it is "

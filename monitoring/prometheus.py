@@ -2,7 +2,7 @@
 
 Debian's ``prometheus`` binary with a config generated per stack: one scrape job per part
 (``monitoring.targets.JOBS``), each discovering its targets from the stack's targets folder,
-and the alert rules (``monitoring/alerts.yaml``) where they exist. Its storage is in the
+and the alert rules (``helm/livealign/files/alerts.yaml``) where they exist. Its storage is in the
 stack's home, so history survives a restart of the stack.
 """
 
@@ -24,7 +24,8 @@ from monitoring.targets import HOST, JOBS
 
 log = logging.getLogger(__name__)
 
-ALERT_RULES = Path(__file__).parent / "alerts.yaml"
+# The one source of the rules is the Helm chart's copy (Helm reads files inside a chart only).
+ALERT_RULES = Path(__file__).resolve().parents[1] / "helm/livealign/files/alerts.yaml"
 MAX_SCRAPE_TIMEOUT_S = 10.0  # Prometheus' own default, but never longer than the interval
 
 

@@ -83,10 +83,17 @@ class Exporter:
     announced as a target of ``job`` until ``close()``."""
 
     def __init__(
-        self, folder: Path, job: str, name: str, labels: Mapping[str, str] | None = None
+        self,
+        folder: Path,
+        job: str,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        host: str = HOST,
+        port: int = 0,
     ) -> None:
-        # Port 0: the OS picks a free one, no race with another process.
-        self._server = make_server(HOST, 0, text_format_app(), ThreadingWSGIServer, _Quiet)
+        # Port 0: the OS picks a free one, no race with another process. A cluster gives a
+        # fixed port on 0.0.0.0 (a PodMonitor scrapes it; the announcement goes unread).
+        self._server = make_server(host, port, text_format_app(), ThreadingWSGIServer, _Quiet)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.port: int = self._server.server_port

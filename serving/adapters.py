@@ -259,6 +259,7 @@ class AdapterManager:
             raise
         except Exception as exc:  # vLLM's own validation of the adapter files
             raise RegistryError(f"vLLM could not load {ref}: {exc}") from exc
+        m.LOADED_ADAPTER.labels(manifest.ref).set(1)
         return Slot(manifest.ref, lora)
 
     async def _retire(self, old: Slot | None) -> None:
@@ -270,6 +271,7 @@ class AdapterManager:
         except TimeoutError:
             log.warning("%s: %d requests still running; unloading", old.ref, old.in_flight)
         await self.engine.llm.remove_lora(old.lora.lora_int_id)
+        m.LOADED_ADAPTER.labels(old.ref).set(0)
 
 
 def _routed(slot: Slot, on: bool) -> None:

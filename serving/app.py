@@ -146,7 +146,10 @@ class ChatServer:
         if config.metrics_targets_dir is None:
             return None
         replica = serve.get_replica_context().replica_id.unique_id
-        return Exporter(config.metrics_targets_dir, "serving", replica, {"replica": replica})
+        return Exporter(
+            config.metrics_targets_dir, "serving", replica, {"replica": replica},
+            host=config.metrics_host, port=config.metrics_port,
+        )  # fmt: skip
 
     # --- chat ---------------------------------------------------------------------------
     @api.post("/v1/chat/completions", response_model=ChatCompletion, responses=CHAT_RESPONSES)

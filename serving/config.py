@@ -131,6 +131,13 @@ class ServingConfig(BaseModel):
         description="Each replica serves its metrics on a port of its own and announces it "
         "here for Prometheus (file-based discovery); none: only GET /metrics.",
     )
+    metrics_host: str = Field("127.0.0.1", description="Where that port listens.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        description="That port; 0: a free one. A cluster gives one replica a pod "
+        "and a fixed port, which a PodMonitor scrapes.",
+    )
     replica_num_cpus: float = 0.5
     max_ongoing_requests: int = 128
 

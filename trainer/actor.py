@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 @ray.remote(num_cpus=1, max_concurrency=2)
 class TrainerActor:
     def __init__(
-        self, config: TrainerConfig, metrics_port: int = 0, sampler: Sampler | None = None
+        self,
+        config: TrainerConfig,
+        metrics_port: int = 0,
+        sampler: Sampler | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         logs.setup()
         # sampler: the serving deployment's sampling path, for the teacher; None: no teacher.
@@ -35,7 +39,7 @@ class TrainerActor:
         self._round_lock = threading.Lock()
         self._last_round = time.monotonic()
         if metrics_port:
-            start_http_server(metrics_port, addr="127.0.0.1")
+            start_http_server(metrics_port, addr=metrics_host)
 
     def run_round(self) -> dict[str, Any]:
         with self._round_lock:

@@ -127,12 +127,14 @@ class CanaryController:
 class CanaryActor:
     """``loop()`` runs until ``stop()`` (two concurrent calls: stop while it waits)."""
 
-    def __init__(self, config: ControllerConfig, metrics_port: int = 0) -> None:
+    def __init__(
+        self, config: ControllerConfig, metrics_port: int = 0, metrics_host: str = "127.0.0.1"
+    ) -> None:
         logs.setup()
         self.controller = CanaryController(config)
         self._stop = threading.Event()
         if metrics_port:
-            start_http_server(metrics_port, addr="127.0.0.1")
+            start_http_server(metrics_port, addr=metrics_host)
 
     def tick(self) -> dict[str, Any] | None:
         decision = self.controller.tick()

@@ -1,7 +1,8 @@
-"""The alert rules (monitoring/alerts.yaml): promtool checks them and runs their unit tests
-(monitoring/alerts.test.yaml); every alert carries what an operator needs, links to its
-own runbook section, is tested firing and not firing, and the urgent ones are proven to
-fire within one ``for`` window plus one evaluation interval of the problem's onset."""
+"""The alert rules (helm/livealign/files/alerts.yaml): promtool checks them and runs their
+unit tests (helm/livealign/files/alerts.test.yaml); every alert carries what an operator
+needs, links to its own runbook section, is tested firing and not firing, and the urgent
+ones are proven to fire within one ``for`` window plus one evaluation interval of the
+problem's onset."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
-RULES = MONITORING / "alerts.yaml"
-TESTS = MONITORING / "alerts.test.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "monitoring"
+RULES = ROOT / "helm/livealign/files/alerts.yaml"  # the one source: the chart embeds it
+TESTS = ROOT / "helm/livealign/files/alerts.test.yaml"
 RUNBOOK = MONITORING / "RUNBOOK.md"
 RUNBOOK_PATH = "monitoring/RUNBOOK.md"  # runbook_url: this path in the repository + anchor
 SEVERITIES = {"critical", "warning"}

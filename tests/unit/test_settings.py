@@ -107,3 +107,52 @@ def test_a_child_process_gets_the_same_config_from_the_environment(
     child = Settings()
     assert child.kafka == "broker:1234"
     assert child.processor_config("broker:1234") == parent.processor_config("broker:1234")
+
+
+def test_secrets_come_from_the_secrets_folder_below_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted Secret: one file a setting, named as its variable in lower case; the
+    environment still wins; nothing secret needs to be an environment variable."""
+    _clean_env(monkeypatch)
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    (folder / "livealign_store_url").write_text("postgresql+psycopg://u:pw@db/prefs")
+    (folder / "livealign_feedback_secret").write_text("hmac-key-from-a-file")
+    (folder / "livealign_admin_key").write_text("admin-from-a-file")
+    toml = tmp_path / "livealign.toml"
+    toml.write_text('admin_key = "admin-from-toml"\nuser_hash_salt = "salt-from-toml"\n')
+    monkeypatch.setenv("LIVEALIGN_SECRETS_DIR", str(folder))
+    monkeypatch.setenv("LIVEALIGN_ADMIN_KEY", "admin-from-env")
+    s = Settings.load(toml, home=tmp_path)
+    assert s.store_url == "postgresql+psycopg://u:pw@db/prefs"
+    assert s.feedback_secret is not None
+    assert s.feedback_secret.get_secret_value() == "hmac-key-from-a-file"
+    assert s.admin_key is not None and s.admin_key.get_secret_value() == "admin-from-env"
+    assert s.user_hash_salt is not None
+    assert s.user_hash_salt.get_secret_value() == "salt-from-toml"  # the file beats TOML only
+    serving = s.serving_config(tmp_path / "model", BOOTSTRAP)
+    assert serving.feedback_secret.get_secret_value() == "hmac-key-from-a-file"
+    assert serving.store_url == s.processor_config(BOOTSTRAP).store_url == s.store_url
+    monkeypatch.delenv("LIVEALIGN_SECRETS_DIR")
+    assert Settings(home=tmp_path).store_url is None  # no folder: not read
+
+
+def test_a_clusters_settings_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Helm chart sets: the API keys file in a Secret's folder, the metrics on
+    fixed ports of every address, the processors' consumer group."""
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("LIVEALIGN_API_KEYS", "true")
+    monkeypatch.setenv("LIVEALIGN_API_KEYS_PATH", "/etc/livealign/api-keys/api_keys.json")
+    monkeypatch.setenv("LIVEALIGN_METRICS_HOST", "0.0.0.0")
+    monkeypatch.setenv("LIVEALIGN_SERVING_METRICS_PORT", "9100")
+    monkeypatch.setenv("LIVEALIGN_PROCESSOR_GROUP", "lv-processor")
+    s = Settings(home=tmp_path)
+    serving = s.serving_config(tmp_path / "model", BOOTSTRAP)
+    assert serving.api_keys_file == Path("/etc/livealign/api-keys/api_keys.json")
+    assert (serving.metrics_host, serving.metrics_port) == ("0.0.0.0", 9100)
+    assert s.processor_config(BOOTSTRAP).group_id == "lv-processor"
+    monkeypatch.delenv("LIVEALIGN_API_KEYS_PATH")
+    assert Settings(home=tmp_path).api_keys_file == (tmp_path / "api_keys.json").resolve()
