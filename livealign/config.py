@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         description="Require an API key on chat, models and feedback (the keys are in the "
         "home's api_keys.json, managed with `livealign keys`); off: open to every caller.",
     )
+    feedback_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host:port) whose pages may send feedback from the "
+        "browser widget (CORS on POST /v1/feedback); none: the app's own pages only.",
+    )
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
 
@@ -268,6 +273,7 @@ class Settings(BaseSettings):
             user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
             api_keys_file=self.api_keys_file if self.api_keys else None,
+            feedback_origins=self.feedback_origins,
             registry_dir=self.registry_dir,
             canary_unit=self.canary_unit,
             canary_policy=self.canary_policy(),
