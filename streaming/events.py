@@ -323,7 +323,7 @@ class WireFeedback(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     client_ts: int | None = None
     received_ms: int
     other_response_id: str | None = None
-    copied_share: float | None = None
+    copied_share: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
 
 # --- what the store can hold ------------------------------------------------------------

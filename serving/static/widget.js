@@ -260,17 +260,20 @@ export function attach(element, { responseId, token }) {
     },
     { threshold: [0, 0.5, 1] },
   );
+  // Leaving: the dwell is queued, then sent by beacon at once (the client's own
+  // pagehide listener may have run already).
+  const onHide = () => {
+    report();
+    client().beacon();
+  };
   const onVisibility = () => {
-    if (document.visibilityState === "hidden") report();
+    if (document.visibilityState === "hidden") onHide();
     else start();
   };
   element.addEventListener("copy", onCopy);
   element.addEventListener("click", onClick);
   document.addEventListener("visibilitychange", onVisibility);
-  // Before the client's own listener (registered later, when first used): the dwell
-  // event is queued, then the beacon takes it.
-  addEventListener("pagehide", report);
-  client();
+  addEventListener("pagehide", onHide);
   seen.observe(element);
   return () => {
     report();
@@ -278,7 +281,7 @@ export function attach(element, { responseId, token }) {
     element.removeEventListener("copy", onCopy);
     element.removeEventListener("click", onClick);
     document.removeEventListener("visibilitychange", onVisibility);
-    removeEventListener("pagehide", report);
+    removeEventListener("pagehide", onHide);
   };
 }
 
@@ -306,7 +309,7 @@ export function diffWords(before, after) {
       push("=", a[i]);
       i++;
       j++;
-    } else if (j < b.length && (i === a.length || lcs[i][j + 1] >= lcs[i + 1][j])) push("+", b[j++]);
+    } else if (j < b.length && (i === a.length || lcs[i][j + 1] > lcs[i + 1][j])) push("+", b[j++]);
     else push("-", a[i++]);
   }
   return out;
@@ -344,14 +347,23 @@ textarea{font:inherit;width:100%;box-sizing:border-box;min-height:3.5rem;margin:
 .la-diff{white-space:pre-wrap;border-left:3px solid #8a8f98;padding-left:.5rem;margin:.4rem 0}
 `;
 
+let sheet = null;
+
 class LiveAlignFeedback extends HTMLElement {
   connectedCallback() {
     if (this.shadowRoot) return;
     const root = this.attachShadow({ mode: "open" });
-    root.innerHTML = `<style>${STYLE}</style>
+    // A constructed sheet, not a <style>: a page whose CSP forbids inline styles (this
+    // app's own) still styles the widget.
+    if (root.adoptedStyleSheets !== undefined) {
+      sheet ??= new CSSStyleSheet();
+      sheet.replaceSync(STYLE);
+      root.adoptedStyleSheets = [sheet];
+    }
+    root.innerHTML = `${root.adoptedStyleSheets ? "" : `<style>${STYLE}</style>`}
 <div class="row" role="group" aria-label="Feedback on this answer">
- <button part="up" data-thumb="1" aria-pressed="false" aria-label="Good answer">👍</button>
- <button part="down" data-thumb="-1" aria-pressed="false" aria-label="Bad answer">👎</button>
+ <button part="up" data-thumb="1" aria-pressed="false" aria-label="Good answer">▲ Good</button>
+ <button part="down" data-thumb="-1" aria-pressed="false" aria-label="Bad answer">▼ Bad</button>
  <span role="radiogroup" aria-label="Rating, 1 to 5 stars"></span>
  <button part="copy" data-act="copy">Copy</button>
  <button part="edit" data-act="edit" aria-expanded="false">Edit</button>
