@@ -323,7 +323,9 @@ class ChatServer:
     @api.options("/v1/feedback", include_in_schema=False)
     async def feedback_preflight(self, request: Request) -> Response:
         """CORS preflight (serving.cors): 204, with the allow headers for a listed origin."""
-        headers = cors.preflight_headers(request.headers.get("origin"), self.config.feedback_origins)
+        headers = cors.preflight_headers(
+            request.headers.get("origin"), self.config.feedback_origins
+        )
         return Response(status_code=204, headers=headers)
 
     # --- API keys (serving.auth) --------------------------------------------------------

@@ -38,12 +38,12 @@ from streaming.events import (
     now_ms,
 )
 from streaming.kinds import KIND_NAMES, FeedbackKind
+from streaming.producer import EventProducer
+from streaming.spool import SpoolError
 
 # The verdict a compare event on the other answer carries.
 MIRRORED = {"better": "worse", "worse": "better", "tie": "tie", "both_bad": "both_bad"}
 TRANSPORTS = ("fetch", "beacon")  # how the widget sent a batch (its ?via=widget-... query)
-from streaming.producer import EventProducer
-from streaming.spool import SpoolError
 
 
 class FeedbackBatch(BaseModel):

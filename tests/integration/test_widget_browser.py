@@ -189,9 +189,7 @@ def test_a_vote_right_before_the_tab_closes_arrives(
     assert len([r for r in records if r["kind"] == "thumb"]) == 1
 
 
-def test_compare_mode_makes_a_pair_in_the_store(
-    stack: LocalStack, context: BrowserContext
-) -> None:
+def test_compare_mode_makes_a_pair_in_the_store(stack: LocalStack, context: BrowserContext) -> None:
     page = context.new_page()
     page.goto(stack.url)
     page.click("[data-mode=compare]")
@@ -210,10 +208,10 @@ def test_compare_mode_makes_a_pair_in_the_store(
         deadline = time.monotonic() + 120
         while True:
             with store.engine.connect() as conn:
-                rows = conn.execute(
-                    select(s.pairs).where(s.pairs.c.provenance == "compare")
-                ).all()
-            mine = [r for r in rows if {r.chosen_response_id, r.rejected_response_id} == {left, right}]
+                rows = conn.execute(select(s.pairs).where(s.pairs.c.provenance == "compare")).all()
+            mine = [
+                r for r in rows if {r.chosen_response_id, r.rejected_response_id} == {left, right}
+            ]
             if mine or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
@@ -230,7 +228,7 @@ def host_site(origin: str, page_html: str) -> Iterator[str]:
     body = page_html.encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

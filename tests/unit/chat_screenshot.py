@@ -30,30 +30,34 @@ def ask(page: Page, text: str, answers: int) -> None:
 
 def screenshots(out: Path) -> list[Path]:
     shots = [out / "chat-page.png", out / "chat-compare.png"]
-    with tempfile.TemporaryDirectory() as scratch, serving(Path(scratch)):
-        with served_app() as url, chromium() as browser:
-            context = browser.new_context(viewport=VIEWPORT, locale="en-US", device_scale_factor=1)
-            page = context.new_page()
-            page.goto(url)
-            ask(page, "Say hello, briefly.", 1)
-            widget = page.locator("livealign-feedback").first
-            widget.locator("[data-thumb='1']").click()
-            widget.locator("[data-star='4']").click()
-            widget.locator("[data-act=more]").click()
-            widget.locator("[data-reason='Too short']").click()
-            widget.locator("[data-act=edit]").click()
-            page.locator(".answer .text").first.fill("hello there, and welcome")
-            widget.locator("[data-act=edit]").click()
-            widget.locator(".la-diff").wait_for()
-            out.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots[0]), full_page=True)
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        serving(Path(scratch)),
+        served_app() as url,
+        chromium() as browser,
+    ):
+        context = browser.new_context(viewport=VIEWPORT, locale="en-US", device_scale_factor=1)
+        page = context.new_page()
+        page.goto(url)
+        ask(page, "Say hello, briefly.", 1)
+        widget = page.locator("livealign-feedback").first
+        widget.locator("[data-thumb='1']").click()
+        widget.locator("[data-star='4']").click()
+        widget.locator("[data-act=more]").click()
+        widget.locator("[data-reason='Too short']").click()
+        widget.locator("[data-act=edit]").click()
+        page.locator(".answer .text").first.fill("hello there, and welcome")
+        widget.locator("[data-act=edit]").click()
+        widget.locator(".la-diff").wait_for()
+        out.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots[0]), full_page=True)
 
-            page.click("[data-mode=compare]")
-            ask(page, "Which greeting is better?", 1)
-            page.wait_for_selector(".answers.pair .answer[data-done]:nth-of-type(2)")
-            page.click("[data-verdict=better]")
-            page.locator(".turn").last.screenshot(path=str(shots[1]))
-            context.close()
+        page.click("[data-mode=compare]")
+        ask(page, "Which greeting is better?", 1)
+        page.wait_for_selector(".answers.pair .answer[data-done]:nth-of-type(2)")
+        page.click("[data-verdict=better]")
+        page.locator(".turn").last.screenshot(path=str(shots[1]))
+        context.close()
     return shots
 
 

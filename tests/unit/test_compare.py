@@ -168,5 +168,7 @@ def test_bad_compare_and_copy_fields_are_refused(body: dict[str, object], proble
 
 
 def test_a_copy_carries_its_share() -> None:
-    item = FeedbackIn.model_validate({**BASE, "kind": "click", "value": "copy", "copied_share": 0.25})
+    item = FeedbackIn.model_validate(
+        {**BASE, "kind": "click", "value": "copy", "copied_share": 0.25}
+    )
     assert item.copied_share == 0.25

@@ -103,13 +103,15 @@ def test_cors_for_the_configured_origin_only(served: Any) -> None:
 
 def test_a_compare_vote_is_two_events_one_on_each_answer(served: Any) -> None:
     a, b = answer(), answer()
-    vote = item(a, kind="compare", value="better", event_id="fb-c1",
-                other_response_id=b["response_id"], other_feedback_token=b["feedback_token"])  # fmt: skip
+    other = {"other_response_id": b["response_id"], "other_feedback_token": b["feedback_token"]}
+    vote = item(a, kind="compare", value="better", event_id="fb-c1", **other)
     before = m.COMPARE_VOTES.labels("better")._value.get()
     r = post(vote)
     assert r.status_code == 202, r.text
     assert r.json()["accepted"] == ["fb-c1"]
-    sent = [(e.event_id, e.response_id, e.value, e.other_response_id) for e in feedback_sent(served)]
+    sent = [
+        (e.event_id, e.response_id, e.value, e.other_response_id) for e in feedback_sent(served)
+    ]
     assert sent == [
         ("fb-c1", a["response_id"], "better", b["response_id"]),
         (mirror_id("fb-c1"), b["response_id"], "worse", a["response_id"]),
@@ -135,7 +137,9 @@ def test_with_keys_on_a_valid_token_alone_is_enough(tmp_path: Path) -> None:
     with serving(tmp_path, api_keys_file=path) as server:
         info = answer({"Authorization": f"Bearer {key}"})
         # No key, no valid token: a 401 as before.
-        assert post(item(info, kind="thumb", value=1) | {"feedback_token": "x.y"}).status_code == 401
+        assert (
+            post(item(info, kind="thumb", value=1) | {"feedback_token": "x.y"}).status_code == 401
+        )
         assert post({"kind": "thumb"}).status_code == 401
         # The token alone: accepted, as the principal it was issued to ...
         assert post(item(info, kind="thumb", value=1)).status_code == 202
