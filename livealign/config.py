@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     )
     trainer_metrics_port: int = Field(0, ge=0, description="The trainer's; 0: a free one.")
     canary_metrics_port: int = Field(0, ge=0, description="The canary controller's; 0: a free one.")
+    feedback_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host:port) whose pages may send feedback from the "
+        "browser widget (CORS on POST /v1/feedback); none: the app's own pages only.",
+    )
     feedback_secret: SecretStr | None = Field(None, description="None: made once, kept in home.")
     user_hash_salt: SecretStr | None = None
 
@@ -304,6 +309,7 @@ class Settings(BaseSettings):
             user_hash_salt=self.user_hash_salt or SecretStr(stored["user_hash_salt"]),
             admin_key=self.admin_key or SecretStr(stored["admin_key"]),
             api_keys_file=self.api_keys_file if self.api_keys else None,
+            feedback_origins=self.feedback_origins,
             registry_dir=self.registry_dir,
             metrics_host=self.metrics_host,
             metrics_port=self.serving_metrics_port,

@@ -51,6 +51,18 @@ FEEDBACK = Counter(
     "Feedback events by kind and outcome (accepted, or the reason for rejection).",
     ["kind", "result"],
 )
+COMPARE_VOTES = Counter(
+    "livealign_feedback_compare_total",
+    "Side-by-side compare votes accepted, one per vote, by its verdict on the answer it "
+    "names first: better, worse, tie, both_bad (the chat page names the left one).",
+    ["verdict"],
+)
+WIDGET_EVENTS = Counter(
+    "livealign_feedback_widget_events_total",
+    "Feedback events the browser widget (/widget.js) delivered, by kind and transport "
+    "(fetch, or beacon when the page was being hidden), accepted or not.",
+    ["kind", "transport", "result"],
+)
 SAMPLES = Counter(
     "livealign_sampler_samples_total",
     "Answers sampled for the trainer's teacher (not user traffic: no interaction is logged), "

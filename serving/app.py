@@ -1,7 +1,9 @@
 """The Ray Serve application: one ingress deployment wrapping vLLM's AsyncLLM.
 
 Routes: ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
-``GET /v1/models``, ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``, the status
+``GET /v1/models``, ``POST /v1/feedback`` (with its CORS preflight), the chat page ``GET /``
+with its files and the embeddable feedback widget ``GET /widget.js`` (``serving.pages``),
+``GET /healthz``, ``GET /metrics``, the status
 page ``GET /status`` with its JSON ``GET /v1/status`` (public, as /metrics is: no user
 content), and the admin API under ``/admin`` (adapter versions, the canary rollout).
 One method is no route: ``sample``, the trainer's sampling path, called through a
@@ -19,7 +21,13 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
@@ -29,12 +37,12 @@ from starlette.exceptions import HTTPException
 from monitoring import logs
 from monitoring import metrics as m
 from monitoring.targets import Exporter
-from serving import auth, chat, sampling, status, tokens
+from serving import auth, chat, cors, pages, sampling, status, tokens
 from serving.adapters import AdapterManager
 from serving.canary import assign, commands
 from serving.config import DEPLOYMENT_NAME, ServingConfig
 from serving.engine import Engine
-from serving.feedback import FeedbackDesk, FeedbackResult
+from serving.feedback import TRANSPORTS, FeedbackDesk, FeedbackResult
 from serving.limits import LIMITS
 from serving.middleware import BodySizeLimit, StrictJSONRoute, error_response
 from serving.openapi import (
@@ -162,15 +170,7 @@ class ChatServer:
         admin_key: AdminKeyHeader = None,
     ) -> JSONResponse | StreamingResponse:
         principal = self._caller(credentials, "chat")
-        if body.model != self.config.engine.served_model_name:
-            raise APIError(
-                404,
-                f"The model `{body.model}` does not exist; "
-                f"this server serves `{self.config.engine.served_model_name}`.",
-                code="model_not_found",
-                param="model",
-            )
-        pin = self._pin(arm, admin_key)
+        pin = self._pin(arm, admin_key) or self._model_pin(body.model)
         turn = self._turn(body, body.conversation_id or conversation_id, pin, principal)
         headers = {
             "X-LiveAlign-Response-Id": turn.info.response_id,
@@ -227,6 +227,25 @@ class ChatServer:
             body, info, route, prompt_ids, params, user_hash, principal, release=slot.release
         )
 
+    def _model_pin(self, model: str) -> str | None:
+        """The arm a ``model`` naming a loaded adapter version (as GET /v1/models lists
+        them) asks for: compare mode sets two versions side by side this way. Such an
+        answer's arm is "pinned", so it never counts as either arm's traffic."""
+        served = self.config.engine.served_model_name
+        if model == served:
+            return None
+        if model == self.adapters.canary_ref:
+            return chat.CANARY_ARM
+        if model == self.adapters.stable.ref and model != chat.BASE_ADAPTER:
+            return chat.STABLE_ARM
+        raise APIError(
+            404,
+            f"The model `{model}` does not exist; this server serves `{served}` (and the "
+            "adapter versions GET /v1/models lists).",
+            code="model_not_found",
+            param="model",
+        )
+
     def _pin(self, arm: str | None, admin_key: str | None) -> str | None:
         """The arm an operator pinned this request to (``X-LiveAlign-Arm``), if any."""
         if arm is None:
@@ -261,16 +280,56 @@ class ChatServer:
         openapi_extra=FEEDBACK_BODY,
     )
     async def post_feedback(self, request: Request, credentials: ApiCredentials) -> JSONResponse:
-        principal = self._caller(credentials, "feedback", charge=False)
-        # The body is bounded by BodySizeLimit while it is read.
-        items, batch = self.feedback.parse(await request.body())
-        self._charge(principal, "feedback", len(items))  # each event of a batch counts
-        result = await self.feedback.accept(items, principal)
+        origin = request.headers.get("origin")
+        allow = cors.response_headers(origin, self.config.feedback_origins)
+        try:
+            result, batch = await self._feedback(request, credentials)
+        except APIError as err:  # readable by an allowed page too: it tells 4xx from 503
+            err.headers = {**(err.headers or {}), **allow}
+            raise
         if not batch and result.rejected:
             first = result.rejected[0]
-            raise APIError(first.status, first.error, code=None)
+            raise APIError(first.status, first.error, code=None, headers=allow)
         status = 202 if result.accepted else max(r.status for r in result.rejected)
-        return JSONResponse(result.model_dump(mode="json"), status_code=status)
+        return JSONResponse(result.model_dump(mode="json"), status_code=status, headers=allow)
+
+    async def _feedback(
+        self, request: Request, credentials: HTTPAuthorizationCredentials | None
+    ) -> tuple[FeedbackResult, bool]:
+        """Feedback auth: an API key as before, or with keys on and none sent, each event's
+        own token (see serving.feedback), charged under the principals they name."""
+        if not cors.body_type_ok(request.headers.get("content-type")):
+            raise APIError(
+                415,
+                "send the feedback as JSON (Content-Type application/json or text/plain)",
+                code="unsupported_media_type",
+            )
+        by_token = credentials is None and self.keys.enabled
+        principal = None if by_token else self._caller(credentials, "feedback", charge=False)
+        # The body is bounded by BodySizeLimit while it is read.
+        items, batch = self.feedback.parse(await request.body())
+        if principal is not None:
+            self._charge(principal, "feedback", len(items))  # each event of a batch counts
+        else:
+            vouched = self.feedback.principals(items)
+            if not vouched:  # no key and no valid token: as without tokens, a 401
+                self._authenticate(None, "feedback")
+            for name, n in vouched.items():
+                self._charge(name, "feedback", n)
+        via = request.query_params.get("via")
+        transport = via.removeprefix("widget-") if via else None
+        result = await self.feedback.accept(
+            items, principal, transport if transport in TRANSPORTS else None
+        )
+        return result, batch
+
+    @api.options("/v1/feedback", include_in_schema=False)
+    async def feedback_preflight(self, request: Request) -> Response:
+        """CORS preflight (serving.cors): 204, with the allow headers for a listed origin."""
+        headers = cors.preflight_headers(
+            request.headers.get("origin"), self.config.feedback_origins
+        )
+        return Response(status_code=204, headers=headers)
 
     # --- API keys (serving.auth) --------------------------------------------------------
     def _caller(
@@ -432,6 +491,25 @@ class ChatServer:
     async def status_report(self) -> StatusReport:
         """What the status page shows, as JSON (at most ``cache_s`` old)."""
         return await self.board.report(self.adapters.loaded())
+
+    # --- the chat page and the widget (serving.pages) -------------------------------------
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page(self) -> HTMLResponse:
+        """A chat page with every feedback control on each answer, and compare mode."""
+        return pages.chat_page()
+
+    @api.get("/widget.js", include_in_schema=False)
+    async def widget_script(self) -> Response:
+        """The embeddable feedback widget: one ES module, for any site's chat UI."""
+        return pages.asset("widget.js")
+
+    @api.get("/chat.js", include_in_schema=False)
+    async def chat_script(self) -> Response:
+        return pages.asset("chat.js")
+
+    @api.get("/chat.css", include_in_schema=False)
+    async def chat_style(self) -> Response:
+        return pages.asset("chat.css")
 
     # --- the rest -----------------------------------------------------------------------
     @api.get("/v1/models", response_model=ModelList, responses=errors(401))

@@ -119,6 +119,11 @@ class ServingConfig(BaseModel):
         description="API keys (serving.auth): chat, models and feedback need one of this "
         "file's keys; none: open to every caller, as the principal `public`.",
     )
+    feedback_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to POST /v1/feedback from a browser (CORS), exactly as "
+        "a browser sends them (`https://chat.example.com`); none: same origin only.",
+    )
     store_url: str | None = Field(
         None, description="The preference store, read by the status page; none: not shown."
     )

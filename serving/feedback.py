@@ -3,11 +3,24 @@
 A body is one event or ``{"events": [...]}``. Each item is judged on its own: a bad
 item is reported (with the status it would get alone) and the others still go through.
 An item is accepted only once the broker acknowledged it or it is safe in the disk spool.
+
+A ``compare`` item (one user's side-by-side verdict on two answers to one prompt) carries
+both answers' tokens and goes out as two events, one on each answer, the second with the
+mirrored verdict and an event id derived from the first's (so a retry is a duplicate of
+both): each answer is then judged by the same per-rater rules as any explicit feedback.
+
+Who may send: the per-response token is the credential. With API keys off every token
+names the principal ``public``; with keys on a caller either sends its key (and may only
+send tokens issued to it, as before) or sends none, and then each token vouches for its
+own principal (it is signed over it): that is what a browser widget does, holding no
+secret. See ``principals``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -27,6 +40,10 @@ from streaming.events import (
 from streaming.kinds import KIND_NAMES, FeedbackKind
 from streaming.producer import EventProducer
 from streaming.spool import SpoolError
+
+# The verdict a compare event on the other answer carries.
+MIRRORED = {"better": "worse", "worse": "better", "tie": "tie", "both_bad": "both_bad"}
+TRANSPORTS = ("fetch", "beacon")  # how the widget sent a batch (its ?via=widget-... query)
 
 
 class FeedbackBatch(BaseModel):
@@ -83,33 +100,57 @@ class FeedbackDesk:
             return items, True
         return [data], False
 
-    async def accept(self, items: list[Any], principal: str = tokens.PUBLIC) -> FeedbackResult:
-        """Each item, sent by ``principal`` (serving.auth), accepted or rejected."""
+    def principals(self, items: list[Any]) -> Counter[str]:
+        """The principals the items' valid tokens were issued to, with how many items each
+        (what a caller without an API key is charged under); items without a valid token
+        count for none (``accept`` rejects them)."""
+        found: Counter[str] = Counter()
+        for raw in items:
+            if not isinstance(raw, dict):
+                continue
+            rid, token = raw.get("response_id"), raw.get("feedback_token")
+            if not (isinstance(rid, str) and isinstance(token, str)):
+                continue
+            try:
+                found[tokens.verify(self.secret, rid, token).principal] += 1
+            except tokens.TokenError:
+                continue
+        return found
+
+    async def accept(
+        self, items: list[Any], principal: str | None = tokens.PUBLIC, via: str | None = None
+    ) -> FeedbackResult:
+        """Each item, sent by ``principal`` (serving.auth; None: by whoever its token was
+        issued to), accepted or rejected. ``via``: the widget's transport, for its metric."""
         result = FeedbackResult(accepted=[])
-        waits: list[tuple[int, FeedbackEvent, asyncio.Future[Any]]] = []
+        waits: list[tuple[int, list[FeedbackEvent], list[asyncio.Future[Any]]]] = []
         for index, raw in enumerate(items):
             try:
-                event = self._validate(raw, principal)
-                fut = asyncio.wrap_future(
-                    self.producer.submit(TOPIC_FEEDBACK, event.conversation_id, event)
-                )
-                waits.append((index, event, fut))
+                events = self._validate(raw, principal)
+                futs = [
+                    asyncio.wrap_future(self.producer.submit(TOPIC_FEEDBACK, e.conversation_id, e))
+                    for e in events
+                ]
+                waits.append((index, events, futs))
             except APIError as err:
-                m.FEEDBACK.labels(_kind(raw), err.body.error.code or "invalid").inc()
+                self._count(_kind(raw), err.body.error.code or "invalid", via)
                 result.rejected.append(Rejected(index=index, status=err.status, error=str(err)))
         # One deadline for the batch: waited for one after the other, n events the broker
         # and the spool cannot take yet kept the request n timeouts long.
         if waits:
-            await asyncio.wait([fut for _, _, fut in waits], timeout=self.delivery_timeout_s)
-        for index, event, fut in waits:
+            everything = [fut for _, _, futs in waits for fut in futs]
+            await asyncio.wait(everything, timeout=self.delivery_timeout_s)
+        for index, events, futs in waits:
+            event = events[0]
             try:
-                if not fut.done():
-                    fut.cancel()  # given up on, as wait_for does at its timeout
-                    raise TimeoutError
-                fut.result()
+                for fut in futs:
+                    if not fut.done():
+                        fut.cancel()  # given up on, as wait_for does at its timeout
+                        raise TimeoutError
+                    fut.result()
             except (SpoolError, TimeoutError) as exc:
                 # Not durable yet: the client must retry with the same event_id.
-                m.FEEDBACK.labels(event.kind.value, "unavailable").inc()
+                self._count(event.kind.value, "unavailable", via)
                 result.rejected.append(
                     Rejected(
                         index=index,
@@ -119,29 +160,27 @@ class FeedbackDesk:
                     )
                 )
                 continue
-            m.FEEDBACK.labels(event.kind.value, "accepted").inc()
+            self._count(event.kind.value, "accepted", via)
+            if event.kind is FeedbackKind.compare:
+                m.COMPARE_VOTES.labels(str(event.value)).inc()
             result.accepted.append(event.event_id)
         result.rejected.sort(key=lambda r: r.index)
         return result
 
-    def _validate(self, raw: Any, principal: str) -> FeedbackEvent:
+    @staticmethod
+    def _count(kind: str, outcome: str, via: str | None) -> None:
+        m.FEEDBACK.labels(kind, outcome).inc()
+        if via is not None:
+            m.WIDGET_EVENTS.labels(kind, via, outcome).inc()
+
+    def _validate(self, raw: Any, principal: str | None) -> list[FeedbackEvent]:
+        """The events one item makes: one, or for a compare two (one on each answer)."""
         try:
             item = FeedbackIn.model_validate(raw)
         except ValidationError as exc:
             raise APIError(422, describe(exc), code="invalid_value") from exc
-        try:
-            claims = tokens.verify(self.secret, item.response_id, item.feedback_token)
-        except tokens.TokenError as exc:
-            raise APIError(403, str(exc), type_="permission_error", code="bad_token") from exc
-        if claims.principal != principal:
-            # A token lifted from another tenant's response is no use with one's own key.
-            raise APIError(
-                403,
-                "feedback_token was issued to another API key",
-                type_="permission_error",
-                code="bad_token",
-            )
-        return FeedbackEvent(
+        claims = self._claims(item.response_id, item.feedback_token, principal)
+        event = FeedbackEvent(
             event_id=item.event_id or new_id("fb"),
             response_id=item.response_id,
             conversation_id=claims.conversation_id,
@@ -151,7 +190,56 @@ class FeedbackDesk:
             value=item.value,
             client_ts=item.client_ts,
             received_ms=now_ms(),
+            other_response_id=item.other_response_id,
+            copied_share=item.copied_share,
         )
+        if item.other_response_id is None or item.other_feedback_token is None:
+            return [event]
+        other = self._claims(item.other_response_id, item.other_feedback_token, principal)
+        if (other.conversation_id, other.user_hash, other.principal) != (
+            claims.conversation_id,
+            claims.user_hash,
+            claims.principal,
+        ):
+            # One user's verdict on two answers they were given side by side: the same
+            # conversation (so both land in one partition) and the same rater.
+            raise APIError(
+                422,
+                "other_feedback_token: a compare is between two answers of one conversation "
+                "given to the same user",
+                code="invalid_value",
+                param="other_response_id",
+            )
+        mirror = event.model_copy(
+            update={
+                "event_id": mirror_id(event.event_id),
+                "response_id": item.other_response_id,
+                "value": MIRRORED[str(item.value)],
+                "other_response_id": item.response_id,
+            }
+        )
+        return [event, mirror]
+
+    def _claims(self, response_id: str, token: str, principal: str | None) -> tokens.TokenClaims:
+        try:
+            claims = tokens.verify(self.secret, response_id, token)
+        except tokens.TokenError as exc:
+            raise APIError(403, str(exc), type_="permission_error", code="bad_token") from exc
+        if principal is not None and claims.principal != principal:
+            # A token lifted from another tenant's response is no use with one's own key.
+            raise APIError(
+                403,
+                "feedback_token was issued to another API key",
+                type_="permission_error",
+                code="bad_token",
+            )
+        return claims
+
+
+def mirror_id(event_id: str) -> str:
+    """The event id of a compare's event on the other answer: derived, so a retry of the
+    vote is a duplicate of both of its events."""
+    return "cmp-" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
 
 
 def _kind(raw: Any) -> str:

@@ -58,6 +58,8 @@ ERROR_TEXT = {
     409: "No canary (or no rollout) to act on, or an adapter refused.",
     413: f"The body is over {LIMITS.max_body_bytes} bytes, or a batch over "
     f"{LIMITS.max_feedback_batch} events.",
+    415: "A body that is not JSON by its Content-Type (a form): send application/json or "
+    "text/plain.",
     422: "A well-formed body with a wrong value (the message names it).",
     429: "Over the API key's rate limit: retry after the `Retry-After` seconds.",
     503: "Not stored yet (broker down, spool full): retry with the same event_id.",
@@ -115,14 +117,19 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 FEEDBACK_BODY = json_body(
     {"anyOf": [ref(FeedbackIn), ref(FeedbackBatch)]},
-    'One event, or {"events": [event, ...]} for a batch.',
+    'One event, or {"events": [event, ...]} for a batch. The same JSON may come as '
+    "text/plain: what a browser posts across origins without a preflight "
+    "(navigator.sendBeacon, the widget).",
 )
+FEEDBACK_BODY["requestBody"]["content"]["text/plain"] = FEEDBACK_BODY["requestBody"]["content"][
+    "application/json"
+]
 SET_WEIGHT_BODY = json_body(ref(CanaryWeight))
 # A single event's refusal is an ErrorResponse; a batch answers a FeedbackResult, with the
 # status of its worst item when none was accepted.
 FEEDBACK_REFUSED = {"anyOf": [ref(ErrorResponse), ref(FeedbackResult)]}
 FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **errors(400, 401, 429),
+    **errors(400, 401, 415, 429),
     **{
         code: {
             "description": ERROR_TEXT[code],

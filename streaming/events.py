@@ -77,7 +77,9 @@ class FeedbackIn(BaseModel):
 
     ``value`` depends on ``kind``: thumb ±1, rating 1..5, edit the corrected full
     text, comment free text, click one of copy/regenerate/link/share, dwell the
-    milliseconds the answer was visible.
+    milliseconds the answer was visible, compare the verdict on this response against
+    another answer to the same prompt (better, worse, tie, both_bad), which is named by
+    ``other_response_id`` and proven received by ``other_feedback_token``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -90,13 +92,29 @@ class FeedbackIn(BaseModel):
         None, description="Idempotency key; the server makes one if absent."
     )
     client_ts: int | None = Field(None, description="Client clock, unix ms.")
+    other_response_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="compare only: the other answer judged against this one."
+    )
+    other_feedback_token: Annotated[str, Field(min_length=1, max_length=500)] | None = Field(
+        None, description="compare only: the other answer's feedback token."
+    )
+    copied_share: float | None = Field(
+        None, ge=0, le=1, description="click copy only: the share of the answer copied."
+    )
 
     @model_validator(mode="after")
     def _check_value(self) -> FeedbackIn:
         check_value(self.kind, self.value)
+        check_other(self.kind, self.response_id, self.other_response_id)
+        if (self.other_feedback_token is None) != (self.other_response_id is None):
+            raise ValueError("other_feedback_token: comes with other_response_id, and only then")
+        if self.copied_share is not None and not (
+            self.kind is FeedbackKind.click and self.value == "copy"
+        ):
+            raise ValueError("copied_share: only a click copy has one")
         # Accepted means stored: no store column (PostgreSQL text) can hold a NUL, and the
         # processor would dead-letter the event. Refused here instead, with a 422.
-        for name in ("event_id", "value"):
+        for name in ("event_id", "value", "other_response_id"):
             text = getattr(self, name)
             if isinstance(text, str) and "\x00" in text:
                 raise ValueError(f"{name}: must not contain NUL characters (\\u0000)")
@@ -106,6 +124,17 @@ class FeedbackIn(BaseModel):
 def check_value(kind: FeedbackKind, value: int | float | str) -> None:
     """Raise ValueError naming what is wrong with ``value`` for this ``kind``."""
     kind.spec.check(value)
+
+
+def check_other(kind: FeedbackKind, response_id: str, other: str | None) -> None:
+    """A compare names the other response (not this one); no other kind names one."""
+    if kind is FeedbackKind.compare:
+        if other is None:
+            raise ValueError("other_response_id: a compare names the other response")
+        if other == response_id:
+            raise ValueError("other_response_id: a response is not compared with itself")
+    elif other is not None:
+        raise ValueError(f"other_response_id: only a compare names another response, not {kind}")
 
 
 class FeedbackEvent(BaseModel):
@@ -126,6 +155,12 @@ class FeedbackEvent(BaseModel):
     value: int | float | str
     client_ts: int | None = None
     received_ms: int
+    other_response_id: str | None = Field(
+        None, description="compare only: the other answer, in the same conversation."
+    )
+    copied_share: float | None = Field(
+        None, ge=0, le=1, description="click copy only: the share of the answer copied."
+    )
 
 
 class PreferencePair(BaseModel):
@@ -140,8 +175,9 @@ class PreferencePair(BaseModel):
     chosen: str
     rejected: str
     weight: float = Field(ge=0)
-    provenance: Literal["edit", "regenerate", "teacher"] = Field(
+    provenance: Literal["edit", "regenerate", "compare", "teacher"] = Field(
         description="What made it: a user's edit, two regenerated answers the users scored, "
+        "a user's side-by-side verdict on two answers to one prompt, "
         "or \"teacher\": the trainer's reward model ranking the policy's own samples, made "
         "in a round and never stored or sent (not user data)."
     )
@@ -286,6 +322,8 @@ class WireFeedback(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     value: int | float | str
     client_ts: int | None = None
     received_ms: int
+    other_response_id: str | None = None
+    copied_share: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
 
 # --- what the store can hold ------------------------------------------------------------
@@ -304,11 +342,11 @@ _INTERACTION_LENGTHS = (
 )  # fmt: skip
 _FEEDBACK_LENGTHS = (
     ("event_id", ID_LEN), ("response_id", ID_LEN), ("conversation_id", ID_LEN),
-    ("user_hash", HASH_LEN),
+    ("user_hash", HASH_LEN), ("other_response_id", ID_LEN),
 )  # fmt: skip
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # the store's integers (SQLite's, PostgreSQL's BIGINT)
 _INTERACTION_NUMBERS = ("prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms", "created_ms")
-_FEEDBACK_NUMBERS = ("value", "client_ts", "received_ms")
+_FEEDBACK_NUMBERS = ("value", "client_ts", "received_ms", "copied_share")
 # JSON can carry a NUL only escaped, and this is its one spelling: text without it has none.
 _NUL_ESCAPE = "\\u0000"
 _NUL_ESCAPE_BYTES = _NUL_ESCAPE.encode()

@@ -90,6 +90,16 @@ def _click(value: Value) -> None:
         raise ValueError(f"value: a click is one of {', '.join(_CLICK_NAMES)}")
 
 
+# A compare verdict on the event's response against the other one (``other_response_id``):
+# it was "better", "worse", as good ("tie"), or neither was any good ("both_bad").
+COMPARE_VERDICTS = ("better", "worse", "tie", "both_bad")
+
+
+def _compare(value: Value) -> None:
+    if value not in COMPARE_VERDICTS:
+        raise ValueError(f"value: a compare verdict is one of {', '.join(COMPARE_VERDICTS)}")
+
+
 def _dwell(value: Value) -> None:
     number = _number(value)
     if number is None or not 0 <= number <= MAX_DWELL_MS:
@@ -131,6 +141,12 @@ class FeedbackKind(StrEnum):
     dwell = "dwell", KindSpec(
         explicit=False, value_help="milliseconds visible, >= 0", check=_dwell,
         signals=(SignalSpec("dwell", 0.2),),
+    )  # fmt: skip
+    compare = "compare", KindSpec(
+        explicit=True,
+        value_help=", ".join(f"`{v}`" for v in COMPARE_VERDICTS)
+        + " (this response against `other_response_id`)",
+        check=_compare, signals=(SignalSpec("compare", 1.0),),
     )  # fmt: skip
 
 

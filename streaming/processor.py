@@ -154,13 +154,15 @@ class Known:
 
 @dataclasses.dataclass(slots=True)
 class Joined:
-    """A stored joined feedback event: its normalized signal, for an edit its text, and
-    for a thumb or rating its vote (+1, -1; 0 for a middle rating or another kind)."""
+    """A stored joined feedback event: its normalized signal, for an edit its text, for
+    a thumb or rating its vote (+1, -1; 0 for a middle rating or another kind), and for a
+    compare the other response and the verdict."""
 
     event_id: str
     signal: Signal
     edited: str | None
     vote: int
+    compared: tuple[str, str] | None = None
 
 
 # A conversation's stored labels: prompt hash -> response id -> label.
@@ -466,7 +468,7 @@ class Processor:
                     by_arm[(e.kind.value, interaction.adapter, interaction.arm)] += 1
                     status, reason = "joined", None
                     touched.add(e.response_id)
-                    joined.append(Joined(e.event_id, signal, _edited(e), _vote(e)))
+                    joined.append(Joined(e.event_id, signal, _edited(e), _vote(e), _compared(e)))
             signal_json = None if signal is None else _signal_json(signal)
             if text is None:
                 updates.append(
@@ -513,6 +515,7 @@ class Processor:
         labels: list[PreferenceLabel] = []
         pairs: list[PreferencePair] = []
         outcomes: list[ResponseOutcome] = []
+        verdicts: list[tuple[str, tuple[str, str], float]] = []
         for rid in touched:
             event = known[rid].event
             signals = joined[rid]
@@ -523,6 +526,11 @@ class Processor:
             weigh = coordination.factor(event.user_hash, newcomer_scale, event.principal)
             if made := rules.label(rid, event, fused, config):
                 labels.append(_weighed(made, weigh))
+            verdicts.extend(
+                (rid, j.compared, trust(j.signal.rater) * weigh)
+                for j in signals
+                if j.compared is not None
+            )
             weigh *= coordination.edit_factor(event.user_hash)
             edits = [
                 (j.event_id, j.edited, j.signal.strength * trust(j.signal.rater) * weigh)
@@ -536,6 +544,7 @@ class Processor:
         updated = now_ms()
         self.store.upsert_labels(tx, [s.label_row(r, updated) for r in labels])
         pairs += self._sibling_pairs(tx, known, labels)
+        pairs += self._compare_pairs(tx, known, verdicts)
         self.store.upsert_pairs(tx, [s.pair_row(p, updated) for p in pairs])
         self.store.upsert_outcomes(tx, [s.outcome_row(o, updated) for o in outcomes])
         out: list[Record] = [*labels, *pairs]
@@ -565,6 +574,28 @@ class Processor:
             for pair in rules.sibling_pairs(label, siblings, self.config.records):
                 out[pair.pair_id] = _weighed(pair, weigh)
         return list(out.values())
+
+    def _compare_pairs(
+        self,
+        tx: Connection,
+        known: dict[str, Known],
+        verdicts: list[tuple[str, tuple[str, str], float]],
+    ) -> list[PreferencePair]:
+        """The pairs of compare verdicts (response, (other, verdict), weight): straight from
+        the verdict (``rules.compare_pair``). A tie or both bad makes a pair only to
+        withdraw one that is stored (weight 0); otherwise nothing."""
+        others = self._stored_interactions(tx, {other for _, (other, _), _ in verdicts})
+        made: dict[str, PreferencePair] = {}
+        for rid, (other_id, verdict), weight in verdicts:
+            other = known.get(other_id) or others.get(other_id)
+            if other is None:
+                continue  # not stored yet: the other answer's own event makes the pair
+            pair = rules.compare_pair(rid, known[rid].event, other_id, other.event, verdict, weight)
+            if pair is not None:
+                made[pair.pair_id] = pair
+        withdrawn = {pid for pid, p in made.items() if p.weight == 0.0}
+        stored = self.store.stored_pairs(tx, withdrawn) if withdrawn else set()
+        return [p for pid, p in made.items() if pid not in withdrawn or pid in stored]
 
     # --- what the store holds, remembered ------------------------------------------------
     def _held(self, tx: Connection, rids: Iterable[str]) -> list[WireFeedback]:
@@ -612,7 +643,8 @@ class Processor:
             if status == "joined":
                 e = _feedback_event(event) if kind in _DECODED else None
                 edited, vote = (None, 0) if e is None else (_edited(e), _vote(e))
-                out[rid].append(Joined(event_id, _stored_signal(signal), edited, vote))
+                compared = None if e is None else _compared(e)
+                out[rid].append(Joined(event_id, _stored_signal(signal), edited, vote, compared))
         for rid in misses:
             self._joined.put(rid, out[rid])
         return out
@@ -708,7 +740,8 @@ class _Rebalance(ConsumerRebalanceListener):
 _HELD = ("pending", "orphaned")
 _EDIT = FeedbackKind.edit  # module constants: Enum attribute lookups are slow
 _THUMB, _RATING = FeedbackKind.thumb, FeedbackKind.rating
-_DECODED = ("edit", "thumb", "rating")  # kinds whose stored event the records need
+_DECODED = ("edit", "thumb", "rating", "compare")  # kinds whose stored event records need
+_COMPARE = FeedbackKind.compare
 # msgspec reads and writes the Signal dataclass directly: 2-10x faster than a dict
 # through pydantic-core or json, and the hot path does it for every joined event.
 _SIGNAL_ENCODER = msgspec.json.Encoder()
@@ -766,6 +799,13 @@ def _vote(e: WireFeedback) -> int:
         rating = float(e.value)
         return 1 if rating > 3 else -1 if rating < 3 else 0
     return 0
+
+
+def _compared(e: WireFeedback) -> tuple[str, str] | None:
+    """A compare's (other response id, verdict); None for other kinds."""
+    if e.kind is _COMPARE and e.other_response_id is not None:
+        return e.other_response_id, str(e.value)
+    return None
 
 
 def _edited(e: WireFeedback) -> str | None:

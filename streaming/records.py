@@ -12,6 +12,12 @@ and their thresholds are one config (``RecordConfig``):
   whose fused scores differ by at least ``pair_margin`` (the better one chosen), each
   response paired with at most ``pair_max_siblings`` of its siblings (the farthest
   apart), so a client regenerating 500 times makes pairs in proportion, not squared;
+- a **compare pair** for a user's side-by-side verdict on two answers to one prompt
+  (``compare``): the better one chosen, straight from the verdict (no score margin),
+  weighted by the rater's trust; one per pair of answers (its id is the two responses'),
+  so the latest verdict replaces it in place, and a tie or "both bad" after a win
+  withdraws it (weight 0). A verdict moves no score, so it cannot come back as a
+  sibling pair too, except "both bad", which makes each answer's label negative;
 - an **outcome** for every response, with the adapter and arm that answered: its fused
   score when confident enough to label (else none), votes, regenerate, error, latency.
 
@@ -117,6 +123,31 @@ def edit_pairs(
             chosen_response_id=None, rejected_response_id=response_id, adapter=event.adapter,
         )
     ]  # fmt: skip
+
+
+def compare_pair(
+    response_id: str,
+    event: WireInteraction,
+    other_id: str,
+    other: WireInteraction,
+    verdict: str,
+    weight: float,
+) -> PreferencePair | None:
+    """The pair a compare verdict on ``response_id`` against ``other_id`` makes: the
+    better answer chosen for a win or a loss; for a tie or both bad, the same pair at
+    weight 0 (so it withdraws one an earlier verdict made; None if there is no earlier
+    one is the caller's to decide). None when the two were answers to different prompts."""
+    if event.messages != other.messages:
+        return None
+    decisive = verdict in ("better", "worse")
+    mine, theirs = (response_id, event), (other_id, other)
+    (best, chosen), (worst, rejected) = (mine, theirs) if verdict == "better" else (theirs, mine)
+    return PreferencePair(
+        pair_id=record_id("compare", *sorted((response_id, other_id))), prompt=prompt_of(event),
+        chosen=chosen.completion, rejected=rejected.completion,
+        weight=weight if decisive else 0.0, provenance="compare", chosen_response_id=best,
+        rejected_response_id=worst, adapter=rejected.adapter,
+    )  # fmt: skip
 
 
 def sibling_pairs(

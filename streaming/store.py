@@ -144,7 +144,7 @@ pairs = Table(
     Column("chosen", Text, nullable=False),
     Column("rejected", Text, nullable=False),
     Column("weight", Float, nullable=False),
-    Column("provenance", String(20), nullable=False),  # edit | regenerate
+    Column("provenance", String(20), nullable=False),  # edit | regenerate | compare
     Column("chosen_response_id", String(ID_LEN)),
     Column("rejected_response_id", String(ID_LEN), nullable=False),
     Column("adapter", String(ID_LEN), nullable=False),
@@ -497,6 +497,10 @@ class PreferenceStore:
 
     def upsert_pairs(self, conn: Connection, rows: Sequence[Row]) -> None:
         self.write(conn, pairs, rows, replace=True)
+
+    def stored_pairs(self, conn: Connection, pair_ids: Iterable[str]) -> set[str]:
+        """Those of these pair ids the store holds."""
+        return {r[0] for r in self.select_in(conn, pairs, ("pair_id",), "pair_id", pair_ids)}
 
     def upsert_outcomes(self, conn: Connection, rows: Sequence[Row]) -> None:
         self.write(conn, outcomes, rows, replace=True)

@@ -187,7 +187,7 @@ class FusionConfig(BaseModel):
 
     # --- one voice per rater per response (``voice``) ------------------------------------------
     latest_wins_signals: list[str] = Field(
-        default_factory=lambda: ["thumb", "rating", "edit"],
+        default_factory=lambda: ["thumb", "rating", "edit", "compare"],
         description="Signals of which a rater has one on a response: a new one replaces the "
         "rater's earlier one there (dropped as superseded). Events without a user count as "
         "one rater per response (the holder of its feedback token).",

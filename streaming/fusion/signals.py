@@ -41,7 +41,9 @@ def signal_from_event(
     edit -> negative, scaled by the share of words changed (whitespace/case-only -> strength
     0; unknown interaction -> the configured default); comment -> VADER polarity, made
     negative by complaint keywords; click -> ``config.click_values`` under the click's own
-    name; dwell -> log-scaled around ``dwell_half_point_ms`` into [-1, 1].
+    name; dwell -> log-scaled around ``dwell_half_point_ms`` into [-1, 1]; compare ->
+    both_bad -1, any other verdict strength 0 (it makes a pair, or nothing, instead; it
+    still takes the rater's compare voice, so a later verdict replaces an earlier one).
     """
     try:
         check_value(event.kind, event.value)
@@ -65,11 +67,20 @@ def signal_from_event(
         return Signal(str(value), clamp(click_value), 1.0, rater, False)
     if kind is _DWELL:
         return Signal("dwell", dwell_value(float(value), config), 1.0, rater, False)
+    if kind is _COMPARE:
+        if event.other_response_id is None:
+            return None
+        # A win or a loss is a pair, not a score (``records.compare_pair``): scored too, it
+        # would come back as a sibling pair, the same evidence twice. "Both bad" says
+        # each answer is bad. Each still takes the rater's compare voice on the answer.
+        bad = value == "both_bad"
+        return Signal("compare", -1.0 if bad else 0.0, 1.0 if bad else 0.0, rater, True)
     return None
 
 
 _THUMB, _RATING, _EDIT = FeedbackKind.thumb, FeedbackKind.rating, FeedbackKind.edit
 _COMMENT, _CLICK, _DWELL = FeedbackKind.comment, FeedbackKind.click, FeedbackKind.dwell
+_COMPARE = FeedbackKind.compare
 
 
 # --- edits -----------------------------------------------------------------------------------

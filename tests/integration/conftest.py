@@ -49,6 +49,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         canary=False,  # so is the canary controller (a test starts its own, sized for seconds)
         monitoring=True,  # Prometheus, scraping every part (test_monitoring)
         scrape_interval_s=1.0,
+        # The browser widget's tests embed it on a page of another origin: this one.
+        feedback_origins=[f"http://127.0.0.1:{free_port()}"],
     )
     with LocalStack(settings) as running:
         yield running

@@ -25,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",  # /dev/shm is small in containers: Chromium's tabs crash there
     "--no-first-run",
 ]
 
