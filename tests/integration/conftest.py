@@ -16,12 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from openai import OpenAI
 
 from livealign.config import Settings
 from livealign.stack import LocalStack
 from streaming.broker import free_port
+from streaming.events import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, FeedbackEvent, InteractionEvent
 from tests.integration.postgres import PostgresNotInstalled, PostgresServer
 from trainer.registry import Registry
 
@@ -65,6 +66,22 @@ def client(stack: LocalStack) -> OpenAI:
 def http(stack: LocalStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=120) as c:
         yield c
+
+
+@pytest.fixture
+def send(stack: LocalStack) -> Iterator[Callable[[InteractionEvent | FeedbackEvent], None]]:
+    """Put events straight on the topics, as serving would (keyed by conversation)."""
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+
+    def _send(event: InteractionEvent | FeedbackEvent) -> None:
+        topic = TOPIC_INTERACTIONS if isinstance(event, InteractionEvent) else TOPIC_FEEDBACK
+        producer.send(
+            topic, key=event.conversation_id.encode(), value=event.model_dump_json().encode()
+        )
+
+    yield _send
+    producer.flush(10)
+    producer.close()
 
 
 @pytest.fixture(scope="session")

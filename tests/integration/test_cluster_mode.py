@@ -13,18 +13,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaProducer
 
 from livealign.config import Settings
 from livealign.stack import LocalStack, resolve_model
 from streaming import store as s
 from streaming.broker import free_port
-from streaming.events import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, FeedbackEvent, InteractionEvent
 from streaming.store import PreferenceStore
 from tests.integration.test_hot_swap import make_adapter
 from tests.integration.test_processor_integration import feedback, interaction, wait_for
@@ -67,21 +65,6 @@ def chart_environment(stack: LocalStack, tmp: Path, store_url: str) -> dict[str,
     }
     assert set(local) <= set(env)  # replacing, not adding
     return {**env, **local}
-
-
-@pytest.fixture
-def send(stack: LocalStack) -> Iterator[Callable[[InteractionEvent | FeedbackEvent], None]]:
-    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
-
-    def _send(event: InteractionEvent | FeedbackEvent) -> None:
-        topic = TOPIC_INTERACTIONS if isinstance(event, InteractionEvent) else TOPIC_FEEDBACK
-        producer.send(
-            topic, key=event.conversation_id.encode(), value=event.model_dump_json().encode()
-        )
-
-    yield _send
-    producer.flush(10)
-    producer.close()
 
 
 def test_two_processors_and_the_trainer_share_postgresql_configured_as_the_chart_does(

@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 from sqlalchemy import Table
 
 from livealign.stack import LocalStack
 from streaming import store as s
 from streaming.events import (
-    TOPIC_FEEDBACK,
-    TOPIC_INTERACTIONS,
     ChatMessage,
     FeedbackEvent,
     FeedbackKind,
@@ -52,21 +49,6 @@ def feedback(
         event_id=eid, response_id=rid, conversation_id=conv, user_hash=rater,
         kind=FeedbackKind(kind), value=value, received_ms=now_ms(),  # type: ignore[arg-type]
     )  # fmt: skip
-
-
-@pytest.fixture
-def send(stack: LocalStack) -> Iterator[Callable[[InteractionEvent | FeedbackEvent], None]]:
-    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
-
-    def _send(event: InteractionEvent | FeedbackEvent) -> None:
-        topic = TOPIC_INTERACTIONS if isinstance(event, InteractionEvent) else TOPIC_FEEDBACK
-        producer.send(
-            topic, key=event.conversation_id.encode(), value=event.model_dump_json().encode()
-        )
-
-    yield _send
-    producer.flush(10)
-    producer.close()
 
 
 class ProcessorProc:
