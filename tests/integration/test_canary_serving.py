@@ -277,6 +277,49 @@ def test_an_operator_pins_an_arm_with_the_admin_key_only(
     assert f'livealign_canary_weight{{adapter="{canary}"}} 0.5' in metrics
 
 
+def test_a_model_naming_a_loaded_version_is_answered_by_it_as_pinned(
+    http: httpx.Client, trial: tuple[str, str]
+) -> None:
+    """What compare mode asks for: each version by its name, counted as neither arm."""
+    for ref in trial:
+        r = http.post("/v1/chat/completions", json={**CHAT, "model": ref})
+        assert r.status_code == 200, r.text
+        info = r.json()["livealign"]
+        assert (info["arm"], info["adapter"]) == ("pinned", ref)
+    unknown = http.post("/v1/chat/completions", json={**CHAT, "model": "livealign@999"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_compare_mode_puts_the_two_versions_side_by_side_unnamed_until_the_vote(
+    stack: LocalStack, trial: tuple[str, str]
+) -> None:
+    """In the chat page, in Chromium: the two answers come from the stable and the canary
+    version, in an order drawn at random (the draw fixed here, once each way), and which
+    is which shows only after the vote."""
+    pytest.importorskip("playwright")
+    from tests.unit.chat_screenshot import ask
+    from tests.unit.status_browser import chromium
+
+    orders = []
+    with chromium() as browser:
+        for draw in (0.1, 0.9):
+            page = browser.new_page()
+            page.add_init_script(f"Math.random = () => {draw}")
+            page.goto(stack.url)
+            page.wait_for_load_state("networkidle")  # GET /v1/models: the versions
+            page.click("[data-mode=compare]")
+            ask(page, "Which is better?", 1)
+            page.wait_for_selector(".answers.pair .answer[data-done]:nth-of-type(2)")
+            headings = page.locator(".answers.pair .answer h2")
+            assert headings.all_text_contents() == ["Answer A", "Answer B"]
+            page.click("[data-verdict=better]")
+            named = headings.all_text_contents()
+            orders.append([h.split(": ", 1)[1].split(" (")[0] for h in named])
+            page.close()
+    assert sorted(orders[0]) == sorted(trial)
+    assert orders[1] == orders[0][::-1]  # the draw, not the list, decides which is A
+
+
 def test_the_canary_admin_api(
     http: httpx.Client, trial: tuple[str, str], admin: dict[str, str]
 ) -> None:
