@@ -100,3 +100,30 @@ def test_compare_hides_which_version_answered_until_the_vote(
     page.click("[data-verdict=tie]")
     named = headings.all_text_contents()
     assert all(h.startswith(("Answer A: ", "Answer B: ")) for h in named), named
+
+
+# Every control's accessible name (aria-label, else its text, else the <label> it is in
+# or that names it), in the page and in each widget's shadow root.
+UNNAMED = """() => {
+  const roots = [document, ...[...document.querySelectorAll("*")].map(e => e.shadowRoot)
+    .filter(Boolean)];
+  const named = (el) => (el.getAttribute("aria-label") || el.textContent || "").trim() ||
+    (el.closest("label")?.textContent || "").trim() ||
+    (el.id && el.getRootNode().querySelector(`label[for="${el.id}"]`));
+  return roots.flatMap(r => [...r.querySelectorAll("button, textarea, input, select")])
+    .filter(el => !el.hidden && !named(el)).map(el => el.outerHTML.slice(0, 80));
+}"""
+
+
+def test_every_control_has_a_name_a_screen_reader_can_read(
+    app: tuple[Any, str, Browser],
+) -> None:
+    _, url, browser = app
+    page = browser.new_page()
+    page.goto(url)
+    ask(page, "Say hello.", 1)
+    page.locator("livealign-feedback").first.locator("[data-act=more]").click()
+    assert page.evaluate(UNNAMED) == []
+    page.click("[data-mode=compare]")
+    ask(page, "Which greeting is better?", 2)
+    assert page.evaluate(UNNAMED) == []
