@@ -21,29 +21,12 @@ from serving.config import EngineConfig
 from serving.protocol import APIError
 from streaming.events import ChatMessage
 
-# vLLM's CPU build preloads tcmalloc into its engine process when it finds one bundled
-# under vllm/libs; the wheel used here bundles none, so it warns at every start and the
-# engine runs on glibc's allocator. Debian's tcmalloc (libtcmalloc-minimal4), where it is
-# installed, takes its place.
-TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
-
-
-def preload_tcmalloc(path: Path = TCMALLOC) -> bool:
-    """Put ``path`` first in LD_PRELOAD, which the engine's own process (started by
-    AsyncLLM after this) inherits; False where it is missing or one is there already."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "libtcmalloc" in preload or not path.exists():
-        return False
-    os.environ["LD_PRELOAD"] = f"{path}:{preload}" if preload else str(path)
-    return True
-
 
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         # vLLM's CPU backend sizes its KV cache from the environment, not from args.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
-        preload_tcmalloc()
         args = AsyncEngineArgs(
             model=config.model_path,
             served_model_name=[config.served_model_name],
