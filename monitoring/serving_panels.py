@@ -129,6 +129,9 @@ def engine() -> list[Panel]:
     ]
 
 
+WIDGET = "livealign_feedback_widget_events_total"
+
+
 def feedback() -> list[Panel]:
     joined, given = "livealign_feedback_joined_total", "livealign_chat_requests_total"
     per_answer = ratio(rate(joined, AA, BY_ARM), rate(given, AA + ', status="ok"', BY_ARM))
@@ -161,6 +164,23 @@ def feedback() -> list[Panel]:
             "Feedback events joined per answer given, per arm.",
             [(per_answer, ARM_LEGEND)],
             "short",
+            6,
+        ),
+        graph(
+            "Widget deliveries",
+            "Feedback events the browser widget delivered per second, by transport (fetch, or "
+            "beacon as the page was hidden) and result: a rising beacon share with refusals "
+            "means feedback lost as tabs close.",
+            [(rate(WIDGET, "", "transport, result"), "{{transport}}: {{result}}")],
+            "cps",
+            6,
+        ),
+        graph(
+            "Compare votes, by verdict",
+            "Side-by-side votes per second, by the verdict on the answer named first: many "
+            "ties or both_bad mean the two versions are hard to tell apart or both poor.",
+            [(rate("livealign_feedback_compare_total", "", "verdict"), "{{verdict}}")],
+            "cps",
             6,
         ),
     ]
