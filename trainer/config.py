@@ -192,8 +192,9 @@ class GateConfig(BaseModel):
         0.1,
         ge=0,
         description="The reward-model judge calls two answers a tie when their scores differ "
-        "by less than this: by the Bradley-Terry loss it is trained with, P(better) = "
-        "sigmoid(difference), and 0.1 is 0.525, a coin flip. It also absorbs the float noise "
+        "by less than this: by the Bradley-Terry loss it is trained with, and with its scale "
+        "calibrated on held-out pairs, P(better) = sigmoid(difference), and 0.1 is 0.525, a "
+        "coin flip. It also absorbs the float noise "
         "between scoring batches of two identical answers. Ties are not counted as verdicts.",
     )
     max_nll_increase: float = Field(
@@ -280,8 +281,11 @@ class TeacherConfig(BaseModel):
         1.0,
         ge=0,
         description="Least reward difference (best - worst) that makes a pair. Rewards are "
-        "Bradley-Terry log-odds, so 1.0 means the reward model prefers the best answer with "
-        "probability sigmoid(1) = 0.73; closer calls are its noise, not a preference.",
+        "Bradley-Terry log-odds calibrated on the held-out user pairs (trainer.reward_scale), "
+        "so 1.0 means the reward model prefers the best answer with probability sigmoid(1) = "
+        "0.73; closer calls are its noise, not a preference. (Uncalibrated, a model that "
+        "ranked 85% of held-out pairs right kept its differences near 0.1, and no prompt "
+        "cleared 1.0.)",
     )
     weight: float = Field(
         0.5,

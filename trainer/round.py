@@ -258,6 +258,7 @@ class Trainer:
         accuracy = result.held_out_accuracy
         if accuracy is not None:
             report.metrics["reward_accuracy"] = accuracy
+        report.metrics["reward_scale"] = result.scale
         # A reward model that cannot rank held-out pairs would judge the candidate by noise.
         if accuracy is not None and accuracy < self.config.min_reward_accuracy:
             report.reasons.append(

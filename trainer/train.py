@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import logging
 import random
 import tempfile
@@ -33,6 +34,7 @@ from transformers import (
 
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TrainConfig
+from trainer.reward_scale import fit_scale
 from trainer.schedule import plan
 
 __all__ = [
@@ -81,6 +83,8 @@ class RewardResult:
     seconds: float
     n_train: int
     n_eval: int
+    # Calibrated on the held-out pairs (trainer.reward_scale); 1.0 without enough of them.
+    scale: float = 1.0
 
 
 # ---- chat formatting shared with the gate ------------------------------------------------
@@ -639,13 +643,24 @@ def _load_reward_base(base_model: Path, tokenizer: Any) -> Any:
     return model
 
 
-class RewardModel:
-    """A scalar reward r(prompt, answer): the base model + LoRA + trained score head."""
+# Next to a reward model's adapter: the factor its raw scores are multiplied by.
+REWARD_SCALE_FILE = "reward_scale.json"
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int = 512) -> None:
+
+class RewardModel:
+    """A scalar reward r(prompt, answer): the base model + LoRA + trained score head.
+
+    Scores are multiplied by `scale` (calibrated on held-out pairs when trained), so that
+    sigmoid of a difference is the probability the model means: margins and ties
+    measured in them are probabilities (trainer.reward_scale)."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, max_length: int = 512, scale: float = 1.0
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.scale = scale
 
     @classmethod
     def load(cls, base_model: Path, adapter_dir: Path, max_length: int = 512) -> RewardModel:
@@ -655,7 +670,9 @@ class RewardModel:
         model = PeftModel.from_pretrained(
             _load_reward_base(base_model, tokenizer), str(adapter_dir)
         )
-        return cls(model, tokenizer, max_length)
+        scale_file = adapter_dir / REWARD_SCALE_FILE
+        scale = json.loads(scale_file.read_text())["scale"] if scale_file.is_file() else 1.0
+        return cls(model, tokenizer, max_length, float(scale))
 
     def _ids(self, prompt: Sequence[ChatMessage], answer: str) -> list[int]:
         ids = _template_ids(
@@ -676,7 +693,7 @@ class RewardModel:
         scores: list[float] = []
         for start in range(0, len(seqs), batch_size):
             scores.extend(self._score_batch(seqs[start : start + batch_size]))
-        return scores
+        return [self.scale * x for x in scores]
 
     def _score_batch(self, seqs: list[list[int]]) -> list[float]:
         pad = self.tokenizer.pad_token_id
@@ -687,13 +704,16 @@ class RewardModel:
         logits = self.model(input_ids=ids, attention_mask=mask).logits
         return [float(x) for x in logits[:, 0].float()]
 
-    def accuracy(self, pairs: list[PreferencePair]) -> float:
-        """Fraction of pairs where r(chosen) > r(rejected)."""
+    def differences(self, pairs: list[PreferencePair]) -> list[float]:
+        """r(chosen) - r(rejected) of each pair."""
         prompts = [p.prompt for p in pairs]
         chosen = self.score(prompts, [p.chosen for p in pairs])
         rejected = self.score(prompts, [p.rejected for p in pairs])
-        wins = sum(1 for c, r in zip(chosen, rejected, strict=True) if c > r)
-        return wins / len(pairs)
+        return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
+    def accuracy(self, pairs: list[PreferencePair]) -> float:
+        """Fraction of pairs where r(chosen) > r(rejected)."""
+        return sum(1 for d in self.differences(pairs) if d > 0) / len(pairs)
 
 
 def _reward_rows(pairs: list[PreferencePair], picks: list[int]) -> list[dict[str, Any]]:
@@ -724,7 +744,8 @@ def train_reward_model(
     """Train a reward model (base + scalar head + LoRA, TRL RewardTrainer) on `pairs`.
 
     Saves the adapter, which carries the score head (modules_to_save), into `out_dir`, and
-    reports pairwise accuracy on `held_out` when given.
+    reports pairwise accuracy on `held_out` when given; the scores' scale is calibrated on
+    those pairs too, and saved next to the adapter (REWARD_SCALE_FILE).
     """
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
@@ -760,11 +781,15 @@ def train_reward_model(
         if out_dir.exists():
             _clear_adapter_files(out_dir)
         _save_adapter(model, out_dir, base_model)
-        accuracy = RewardModel(model, tokenizer).accuracy(held_out) if held_out else None
+        diffs = RewardModel(model, tokenizer).differences(held_out) if held_out else []
+    accuracy = sum(1 for d in diffs if d > 0) / len(diffs) if diffs else None
+    scale = fit_scale(diffs)
+    (out_dir / REWARD_SCALE_FILE).write_text(json.dumps({"scale": scale}) + "\n")
     seconds = time.monotonic() - started
     log.info(
-        "reward model trained: %d steps in %.0f s, held-out accuracy %s", steps, seconds, accuracy
-    )
+        "reward model trained: %d steps in %.0f s, held-out accuracy %s, scale x%.2f",
+        steps, seconds, accuracy, scale,
+    )  # fmt: skip
     return RewardResult(
         model_dir=out_dir,
         held_out_accuracy=accuracy,
@@ -772,4 +797,5 @@ def train_reward_model(
         seconds=seconds,
         n_train=len(pairs),
         n_eval=len(held_out or []),
+        scale=scale,
     )

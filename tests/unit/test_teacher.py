@@ -285,7 +285,7 @@ def test_a_round_trains_on_teacher_pairs_and_reports_them(
         )()
 
     fake_rm = type("RM", (), {"load": staticmethod(lambda *a: LengthReward())})
-    result = type("R", (), {"held_out_accuracy": 0.9, "model_dir": tmp_path})()
+    result = type("R", (), {"held_out_accuracy": 0.9, "model_dir": tmp_path, "scale": 1.0})()
     gate = type("G", (), {"passed": False, "reasons": ["fake gate"], "metrics": {}, "checks": []})()
     monkeypatch.setattr(r, "train_reward_model", lambda *a, **k: result)
     monkeypatch.setattr(r, "RewardModel", fake_rm)

@@ -22,6 +22,7 @@ from livealign.models import prepare_tiny
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.gate import GateConfig, evaluate, preference_accuracy
 from trainer.train import (
+    REWARD_SCALE_FILE,
     RewardModel,
     TrainConfig,
     _common_args,
@@ -237,6 +238,11 @@ def test_reward_model_prefers_chosen(base: Path, reward_dir: tuple[Path, float |
     yes = rm.score(prompts, ["Yes."] * 4)
     no = rm.score(prompts, ["No."] * 4)
     assert all(y > n for y, n in zip(yes, no, strict=True)), (yes, no)
+    # The scale calibrated on the held-out pairs is saved and applied when loaded.
+    scale = json.loads((model_dir / REWARD_SCALE_FILE).read_text())["scale"]
+    assert rm.scale == scale and scale != 1.0
+    raw = RewardModel(rm.model, rm.tokenizer).score(prompts, ["Yes."] * 4)
+    assert yes == pytest.approx([scale * x for x in raw])
 
 
 def test_kto_only_learns_from_labels(base: Path, workdir: Path) -> None:
