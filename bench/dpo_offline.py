@@ -7,11 +7,13 @@ setting before a full learning-bench row (which takes over an hour here).
     (the stack's own DPO stage, from a fresh LoRA) ──► greedy answers to held-out prompts
     through vLLM with the adapter ──► judged by the family's hidden utility
 
-No broker, Ray or serving stack. Prints, per configuration: mean utility, the share of
-held-out prompts where the answer beats the base's by more than 0.02 (ties count half, as
-in bench/learning.py) with its 95% Wilson interval, word-3-gram repetition, training
-seconds, and each against the first configuration (the defaults unless told otherwise),
-measured in the same run. Rows go to bench/results/dpo_offline.json.
+With --labels, thumbs-style labels of other sampled answers are added, and the KTO stage
+runs on them after DPO, as in a round. No broker, Ray or serving stack. Prints, per
+configuration: mean utility, the share of held-out prompts where the answer beats the
+base's by more than 0.02 (ties count half, as in bench/learning.py) with its 95% Wilson
+interval, word-3-gram repetition, training seconds, and each against the first
+configuration (the defaults unless told otherwise), measured in the same run.
+Rows go to bench/results/dpo_offline.json.
 
     python bench/dpo_offline.py --family summary --pairs 90 \\
         --config '{}' --config '{"sft_weight": 3.0, "dpo_lr": 3e-4}'
@@ -34,8 +36,8 @@ from bench.learning import Judged, judge_answers, mean
 from livealign.models import prepare_smollm2
 from livealign.prompts import Prompt, load_prompts, split
 from livealign.simulate import outcomes
-from livealign.users import FAMILIES, realistic, rewrite
-from streaming.events import ChatMessage, PreferencePair
+from livealign.users import FAMILIES, realistic, rewrite, score
+from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TrainConfig
 from trainer.gate_checks import wilson_interval
 from trainer.train import train_policy
@@ -44,20 +46,37 @@ RESULTS = Path(__file__).resolve().parent / "results" / "dpo_offline.json"
 
 
 def edit_pairs(
-    llm: Any, prompts: list[Prompt], family: str, n: int, seed: int
-) -> tuple[list[PreferencePair], frozenset[str]]:
+    llm: Any, prompts: list[Prompt], family: str, n: int, seed: int, n_labels: int = 0
+) -> tuple[list[PreferencePair], list[PreferenceLabel], frozenset[str]]:
     """`n` edit pairs: sampled base answers and the family's edit of each (answers the
-    user would not change make no pair); and the ids of the answers cut off by max_tokens.
-    A quarter more prompts than pairs are asked: a user leaves a few answers unedited."""
+    user would not change make no pair); `n_labels` labels of other sampled answers, as a
+    thumb would give them (desirable when the hidden utility is at least 0.5, as a pleased
+    user's); and the ids of the answers cut off by max_tokens. A quarter more prompts
+    than pairs are asked: a user leaves a few answers unedited."""
     from vllm import SamplingParams
 
-    prompts = random.Random(seed).sample(prompts, min(len(prompts), n + n // 4 + 1))
+    asked = n + n // 4 + 1
+    prompts = random.Random(seed).sample(prompts, min(len(prompts), asked + n_labels))
+    labelled, prompts = prompts[asked:], prompts[:asked]
 
     population = realistic({family: 1.0})
     params = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=80)
-    outs = llm.chat([[{"role": "user", "content": p.text}] for p in prompts], params)
-    pairs, cut = [], set()
-    for p, out in zip(prompts, outs, strict=True):
+    outs = llm.chat([[{"role": "user", "content": p.text}] for p in prompts + labelled], params)
+    labels: list[PreferenceLabel] = []
+    cut: set[str] = set()
+    for p, out in zip(labelled, outs[len(prompts) :], strict=True):
+        answer, rid = out.outputs[0], f"{p.id}-label"
+        if answer.finish_reason == "length":
+            cut.add(rid)
+        good = score(family, answer.text, population, p.text) >= 0.5  # type: ignore[arg-type]
+        label = PreferenceLabel(
+            response_id=rid, prompt=[ChatMessage(role="user", content=p.text)],
+            completion=answer.text, desirable=good, weight=1.0, score=1.0 if good else -1.0,
+            confidence=1.0, scenario="offline", adapter="base", n_signals=1,
+        )  # fmt: skip
+        labels.append(label)
+    pairs = []
+    for p, out in zip(prompts, outs[: len(prompts)], strict=True):
         answer = out.outputs[0]
         edited = rewrite(family, answer.text, population, p.text)  # type: ignore[arg-type]
         if edited == answer.text:
@@ -71,7 +90,7 @@ def edit_pairs(
             rejected_response_id=rid, adapter="base",
         )  # fmt: skip
         pairs.append(pair)
-    return pairs[:n], frozenset(cut)
+    return pairs[:n], labels, frozenset(cut)
 
 
 def greedy(llm: Any, prompts: list[Prompt], max_tokens: int, lora: Any = None) -> list[str]:
@@ -98,6 +117,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default="summary", choices=FAMILIES)
     parser.add_argument("--pairs", type=int, default=90, help="edit pairs (a bench round: ~85)")
+    parser.add_argument(
+        "--labels", type=int, default=0,
+        help="also KTO on this many thumbs-style labels of other answers (a bench round: ~200)",
+    )  # fmt: skip
     parser.add_argument("--prompts", type=int, default=24, help="held-out prompts judged")
     parser.add_argument("--max-tokens", type=int, default=64, help="of each greedy answer")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,18 +138,21 @@ def main() -> None:
     held = held[: args.prompts]
     llm = LLM(model=str(base), dtype="bfloat16", max_model_len=2048, seed=args.seed,
               enable_lora=True, max_lora_rank=64)  # fmt: skip
-    pairs, cut = edit_pairs(llm, train_prompts, args.family, args.pairs, args.seed)
+    pairs, labels, cut = edit_pairs(
+        llm, train_prompts, args.family, args.pairs, args.seed, args.labels
+    )
     population = realistic({args.family: 1.0})
     base_judged = judge_answers(greedy(llm, held, args.max_tokens), held, population, "base")
     print(f"{args.family}: {len(pairs)} edit pairs ({len(cut & {p.pair_id for p in pairs})} "
-          f"cut off); base utility {mean(base_judged.scores):.3f}, repetition "
+          f"cut off), {len(labels)} labels ({sum(x.desirable for x in labels)} desirable); "
+          f"base utility {mean(base_judged.scores):.3f}, repetition "
           f"{mean(base_judged.repetition):.3f}", flush=True)  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="dpo-offline-") as tmp:
         for i, extra in enumerate(configs):
             started = time.monotonic()
             cfg = TrainConfig(**{"seed": args.seed, **extra})
-            out = train_policy(base, None, pairs, [], Path(tmp) / str(i), cfg, cut=cut)
+            out = train_policy(base, None, pairs, labels, Path(tmp) / str(i), cfg, cut=cut)
             seconds = time.monotonic() - started
             lora = LoRARequest(f"c{i}", i + 1, str(out.adapter_dir))
             texts = greedy(llm, held, args.max_tokens, lora)
@@ -143,6 +169,7 @@ def main() -> None:
             print("  e.g.", repr(texts[0][:120]), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"family": args.family, "pairs": len(pairs),
+                                   "labels": len(labels),
                                    "base_repetition": mean(base_judged.repetition),
                                    "rows": rows}, indent=1) + "\n")  # fmt: skip
 
