@@ -17,6 +17,7 @@ from streaming import store as s
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair, WireInteraction
 from streaming.processor import prompt_hash
 from streaming.store import PreferenceStore
+from trainer import teacher
 from trainer.config import TeacherConfig
 from trainer.round import RoundReport, _held_out
 from trainer.teacher import Lesson, Sample, TeacherReport, choose_prompts, cut_ids, teach
@@ -160,7 +161,7 @@ def test_held_out_prompts_are_never_sampled() -> None:
         config, sampler, LengthReward(), traffic(40),
         lesson(n_user=40, held=held, held_out=lambda r: _held_out(r, 0.25)),
     )  # fmt: skip
-    asked = {p[0].content for p in sampler.calls[0]["prompts"]}
+    asked = {p[0].content for call in sampler.calls for p in call["prompts"]}
     assert not asked & {"question 0", "question 1"}
     assert not asked & {f"question {r.removeprefix('resp-')}" for r in split}
     assert report.prompts == len(asked) == 40 - len({"resp-0", "resp-1", *split})
@@ -216,6 +217,35 @@ def test_a_failing_sampler_is_a_reason_not_a_failed_round() -> None:
 
     pairs, report = teach(CONFIG, Down([]), LengthReward(), traffic(4), lesson())
     assert pairs == [] and "sampling failed: TimeoutError" in (report.reason or "")
+
+
+def test_prompts_are_sampled_a_few_per_call_and_a_late_failure_keeps_the_rest() -> None:
+    config = CONFIG.model_copy(update={"prompts_per_round": 10, "prompts_per_call": 4})
+    sampler = FakeSampler(["a", "abcd"])
+    pairs, report = teach(config, sampler, LengthReward(), traffic(10), lesson(n_user=10))
+    assert [len(c["prompts"]) for c in sampler.calls] == [4, 4, 2]
+    assert len(pairs) == 10 and report.sampled_prompts == 10
+
+    class SlowLater(FakeSampler):
+        def sample(self, *args: Any, **kwargs: Any) -> list[list[Sample]]:
+            if len(self.calls) == 2:  # the third call runs out of time
+                raise TimeoutError("sampling timed out")
+            return super().sample(*args, **kwargs)
+
+    slow = SlowLater(["a", "abcd"])
+    pairs, report = teach(config, slow, LengthReward(), traffic(10), lesson(n_user=10))
+    assert len(pairs) == 8 and report.used and report.reason is None
+    assert (report.prompts, report.sampled_prompts, report.samples) == (10, 8, 16)
+    assert {p.prompt[0].content for p in pairs} == {f"question {i}" for i in range(8)}
+
+
+def test_sampling_stops_when_its_time_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 1.0, 200.0])  # start, before the first call, before the second
+    monkeypatch.setattr(teacher.time, "monotonic", lambda: next(clock))
+    config = CONFIG.model_copy(update={"prompts_per_round": 8, "prompts_per_call": 4})
+    sampler = FakeSampler(["a", "abcd"])
+    pairs, report = teach(config, sampler, LengthReward(), traffic(8), lesson())
+    assert len(sampler.calls) == 1 and report.sampled_prompts == 4 and len(pairs) == 4
 
 
 def test_no_traffic_no_prompts() -> None:
