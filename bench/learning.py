@@ -601,8 +601,9 @@ def plot(rows: list[Row], path: Path, budget: int = GOAL_EVENTS) -> None:
     families = families_of(rows)
     if not families:
         return
-    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 4.2), dpi=110,
-                             squeeze=False, sharey=True)  # fmt: skip
+    width = max(4.6 * len(families), 7.5)  # room for the title with one family too
+    fig, axes = plt.subplots(1, len(families), figsize=(width, 4.2), dpi=110, squeeze=False,
+                             sharey=True)  # fmt: skip
     colors = {"fused": "tab:blue", "explicit": "tab:orange", "implicit": "tab:green"}
     for ax, family in zip(axes[0], families, strict=True):
         mine = [r for r in ordered(rows) if r.family == family]
