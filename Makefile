@@ -76,7 +76,7 @@ lint: install
 test: lint $(HELM) $(CRD_VALIDATE)
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(ARGS)
 
-# The unit suite alone: no broker, Ray or engine, well under a minute.
+# The unit suite alone: no broker, Ray or engine (its browser tests take most of it).
 test-unit: install $(HELM) $(CRD_VALIDATE)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit $(ARGS)
 

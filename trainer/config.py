@@ -283,9 +283,7 @@ class TeacherConfig(BaseModel):
         description="Least reward difference (best - worst) that makes a pair. Rewards are "
         "Bradley-Terry log-odds calibrated on the held-out user pairs (trainer.reward_scale), "
         "so 1.0 means the reward model prefers the best answer with probability sigmoid(1) = "
-        "0.73; closer calls are its noise, not a preference. (Uncalibrated, a model that "
-        "ranked 85% of held-out pairs right kept its differences near 0.1, and no prompt "
-        "cleared 1.0.)",
+        "0.73; closer calls are its noise, not a preference.",
     )
     weight: float = Field(
         0.5,
