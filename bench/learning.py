@@ -60,6 +60,7 @@ import itertools
 import json
 import logging
 import math
+import signal
 import statistics
 import subprocess
 import sys
@@ -564,7 +565,12 @@ def run_mode(
         import ray
 
         def run_round() -> dict[str, Any]:
-            report: dict[str, Any] = ray.get(stack.trainer.run_round.remote())
+            ref = stack.trainer.run_round.remote()
+            # Waited for in short steps: a signal's handler runs between them (a plain
+            # ray.get would hold SIGINT and SIGTERM until the round ends, ~25 minutes).
+            while not ray.wait([ref], timeout=5.0)[0]:
+                pass
+            report: dict[str, Any] = ray.get(ref)
             return report
 
         rows = run_rounds(
@@ -682,6 +688,10 @@ def _commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arg = parser.add_argument
@@ -716,6 +726,8 @@ def main() -> None:
     arg("--report", action="store_true",
         help="Run nothing: learning.md and .png again from learning.json.")  # fmt: skip
     args = parser.parse_args()  # (string defaults go through `type` too)
+    # SIGTERM unwinds like Ctrl-C, so the stack (broker, Ray, processor) is stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     path = args.out / "learning.json"
