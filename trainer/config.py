@@ -285,6 +285,16 @@ class TeacherConfig(BaseModel):
         "so 1.0 means the reward model prefers the best answer with probability sigmoid(1) = "
         "0.73; closer calls are its noise, not a preference.",
     )
+    max_repetition: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="A sample whose word 3-grams repeat more than this (trainer.gate_checks."
+        "repetition: 0 for none, ~0.5 and up for a loop; the base model's answers average "
+        "0.05-0.1) is never a pair's chosen answer, only its rejected one. In a `summary` "
+        "bench round the reward model gave a looping candidate (0.67 of its 3-grams "
+        "repeated) a win rate of 0.91: it can favour a loop of what users like.",
+    )
     weight: float = Field(
         0.5,
         gt=0,

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TeacherConfig
+from trainer.gate_checks import repetition
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class TeacherReport:
     pairs: int = 0
     below_margin: int = 0  # prompts whose best-worst reward gap was too small
     capped: int = 0  # pairs left out by the cap on teacher pairs per user pair
+    # prompts whose top-scored answer repeated itself (> max_repetition), so another won:
+    # how often the reward model favours a loop
+    looping_best: int = 0
     mean_margin: float | None = None
     weight: float | None = None
     seconds: float = 0.0
@@ -105,6 +109,7 @@ class Candidate:
     margin: float
     chosen_cut: bool = False  # stopped by max_tokens, not by the model
     rejected_cut: bool = False
+    looping_best: bool = False  # the top-scored answer looped: the next one is chosen
 
 
 # --- pure decisions ----------------------------------------------------------------------
@@ -163,16 +168,28 @@ def cut_ids(pairs: Sequence[PreferencePair]) -> frozenset[str]:
 
 
 def best_vs_worst(
-    prompt: list[ChatMessage], answers: Sequence[Sample], scores: Sequence[float]
+    prompt: list[ChatMessage],
+    answers: Sequence[Sample],
+    scores: Sequence[float],
+    max_repetition: float = 1.0,
 ) -> Candidate | None:
-    """The best and worst scored answer of a prompt; None with fewer than two answers."""
+    """The best-scored answer that does not loop (word 3-gram repetition at most
+    `max_repetition`) and the worst-scored answer of a prompt; None with fewer than two
+    answers or no such best. A loop may be the rejected answer (that teaches against it),
+    never the chosen one: a reward model trained on sparse feedback can score a loop of
+    what users like above the answer itself."""
     if len(answers) < 2:
         return None
     ranked = sorted(zip(scores, answers, strict=True), key=lambda x: x[0])
-    (low, worst), (high, best) = ranked[0], ranked[-1]
+    low, worst = ranked[0]
+    fluent = [(score, a) for score, a in ranked[1:] if repetition(a.text) <= max_repetition]
+    if not fluent:
+        return None
+    high, best = fluent[-1]
     return Candidate(
         prompt, best.text, worst.text, high - low,
         chosen_cut=best.finish_reason == "length", rejected_cut=worst.finish_reason == "length",
+        looping_best=best is not ranked[-1][1],
     )  # fmt: skip
 
 
@@ -283,7 +300,8 @@ def _teach(
     prompts = prompts[: len(samples)]
     report.sampled_prompts = len(samples)
     report.samples = sum(len(s) for s in samples)
-    candidates = _score(reward, prompts, samples, lesson.keep_cut)
+    candidates = _score(reward, prompts, samples, lesson.keep_cut, config.max_repetition)
+    report.looping_best = sum(c.looping_best for c in candidates)
     clear = [c for c in candidates if c.margin >= config.min_margin]
     kept = cap(clear, most)
     report.below_margin, report.capped = len(candidates) - len(clear), len(clear) - len(kept)
@@ -338,6 +356,7 @@ def _score(
     prompts: Sequence[list[ChatMessage]],
     samples: Sequence[Sequence[Sample]],
     keep_cut: bool,
+    max_repetition: float = 1.0,
 ) -> list[Candidate]:
     """Each prompt's best-vs-worst candidate, all answers scored in one call (batched)."""
     answers = [usable(s, keep_cut) for s in samples]
@@ -346,7 +365,7 @@ def _score(
     scores = iter(reward.score(flat_prompts, flat) if flat else [])
     out = []
     for prompt, these in zip(prompts, answers, strict=True):
-        candidate = best_vs_worst(prompt, these, [next(scores) for _ in these])
+        candidate = best_vs_worst(prompt, these, [next(scores) for _ in these], max_repetition)
         if candidate is not None:
             out.append(candidate)
     return out

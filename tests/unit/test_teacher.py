@@ -117,6 +117,24 @@ def test_pairs_are_best_vs_worst_and_marked_as_the_teachers() -> None:
     json.dumps(asdict(RoundReport(outcome="x", started_ms=0, teacher=report)))  # rounds.jsonl
 
 
+def test_a_loop_the_reward_model_scores_best_is_never_chosen() -> None:
+    # LengthReward scores the loop highest; it may only be the rejected answer.
+    loop = "in short " * 12
+    sampler = FakeSampler(["a", loop, "the longest answer"])
+    pairs, report = teach(CONFIG, sampler, LengthReward(), traffic(2), lesson())
+    assert [(p.chosen, p.rejected) for p in pairs] == [("the longest answer", "a")] * 2
+    assert report.looping_best == 2
+    # nothing fluent above the worst answer: no pair
+    only_loops = FakeSampler(["a", loop, loop + "in short"])
+    pairs, report = teach(CONFIG, only_loops, LengthReward(), traffic(1), lesson())
+    assert pairs == [] and report.looping_best == 0
+    # the worst may loop: the pair teaches against it
+    low_loop = FakeSampler(["x x x x x x", "a fine answer"])
+    config = CONFIG.model_copy(update={"k": 2})
+    pairs, _ = teach(config, low_loop, LengthReward(), traffic(1), lesson())
+    assert [(p.chosen, p.rejected) for p in pairs] == [("a fine answer", "x x x x x x")]
+
+
 def test_the_margin_threshold_is_honoured() -> None:
     # Answers 3 and 4 characters long: a margin of 1 passes a threshold of 1, not of 1.5.
     sampler = FakeSampler(["abc", "abcd"])
