@@ -5,12 +5,13 @@ per token; ``serving.lora_cpu`` (a vLLM plugin, on by default) replaces them wit
 over the adapter slots. Each side runs in a process of its own (``VLLM_PLUGINS`` decides
 whether vLLM loads the plugin), on serving's ``Engine`` with its default engine settings:
 
-1. base answers, each request alone in a batch of base requests: the reference;
+1. base answers, one request at a time: the reference;
 2. three random LoRA adapters of the trainer's shape loaded (filling ``max_loras``);
 3. speed: the same batch of greedy requests of a fixed length on the base model and on an
    adapter, several rounds alternating; tokens per second of each;
-4. correctness: base requests batched together with adapter requests; how many of the
-   base answers differ from step 1's (vLLM's ops give a base token the last adapter
+4. correctness: how many of step 1's base answers change when the same requests run in
+   a batch of base requests (the batch's own rounding), and in a batch of the same size
+   whose other requests use the adapters (vLLM's ops give a base token the last adapter
    slot's delta).
 
 Prints both sides and the ratios (adapter / base on each side, LiveAlign / vLLM).
@@ -74,10 +75,12 @@ def make_adapters(base: Path, out: Path, n: int) -> list[Path]:
 
 async def side(args: argparse.Namespace) -> dict[str, Any]:
     from vllm import SamplingParams
+    from vllm.lora.punica_wrapper import punica_cpu
     from vllm.lora.request import LoRARequest
 
     from livealign.config import Settings
     from livealign.stack import resolve_model
+    from serving import lora_cpu
     from serving.config import EngineConfig
     from serving.engine import Engine
     from streaming.events import ChatMessage
@@ -126,18 +129,14 @@ async def side(args: argparse.Namespace) -> dict[str, Any]:
         )
         changed_base_batch = sum(a != b.text for a, b in zip(alone, control[:n], strict=True))
         changed = sum(a != b.text for a, b in zip(alone, mixed[:n], strict=True))
-        from vllm.lora.punica_wrapper import punica_cpu
-
-        from serving import lora_cpu
-
-        patched = punica_cpu.bgmv_shrink is lora_cpu.bgmv_shrink
     finally:
         engine.shutdown()
     return {
         "base_tok_s": statistics.median(rates["base"]),
         "adapter_tok_s": statistics.median(rates["adapter"]),
         "rounds": rates,
-        "lora_cpu_ops": patched,
+        # In this process; the engine's own process loads the same VLLM_PLUGINS list.
+        "lora_cpu_ops": punica_cpu.bgmv_shrink is lora_cpu.bgmv_shrink,
         "base_answers_changed_in_base_batch": changed_base_batch,
         "base_answers_changed_by_batching": changed,
         "base_answers": len(prompts),

@@ -34,8 +34,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Above this width (the rank, for LoRA) a product with every slot would cost more than
-# vLLM's per-token gather; only "full linear" adapter modules are that wide.
+# Above this width (the rank, for LoRA) the product with every slot multiplies a large
+# product by the slot count; only vLLM's "full linear" adapter modules are that wide, and
+# they keep vLLM's per-token gather (with the -1 fix).
 MAX_DENSE_WIDTH = 512
 
 

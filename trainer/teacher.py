@@ -356,7 +356,7 @@ def _score(
     prompts: Sequence[list[ChatMessage]],
     samples: Sequence[Sequence[Sample]],
     keep_cut: bool,
-    max_repetition: float = 1.0,
+    max_repetition: float,
 ) -> list[Candidate]:
     """Each prompt's best-vs-worst candidate, all answers scored in one call (batched)."""
     answers = [usable(s, keep_cut) for s in samples]
