@@ -153,6 +153,10 @@ class Row:
     repetition: float = 0.0  # mean 3-gram repetition of its held-out answers
     round_s: float = 0.0
     elapsed_s: float = 0.0  # since the run's first chat
+    # Where a row's time went: its chats, the trainer's stages (reward, teacher, policy,
+    # gate, publish: the round report's seconds) and judging the version it served.
+    seconds: dict[str, float] = field(default_factory=dict)
+    teacher_pairs: int = 0  # the reward model's pairs trained on in this round
     reasons: list[str] = field(default_factory=list)
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -370,6 +374,35 @@ def markdown(rows: list[Row], budget: int = GOAL_EVENTS) -> list[str]:
             f"| {r.feedback_consumed:,} | {r.chats} | {r.pairs} | {r.labels} | {_ci(r)} "
             f"| {r.utility:.3f} | {r.words:.1f} | {r.repetition:.3f} | {r.round_s:.0f} |"
         )
+    return lines + time_lines(rows)
+
+
+def time_lines(rows: list[Row]) -> list[str]:
+    """Per run (that recorded it), where its minutes went: chats, the trainer's stages,
+    judging the served versions; `other` is the rest of the run's time (settling, the
+    processor catching up, serving a new version)."""
+    runs: dict[tuple[str, str, int], list[Row]] = {}
+    for r in ordered(rows):
+        runs.setdefault(r.key, []).append(r)
+    timed = {k: rs for k, rs in runs.items() if any(r.seconds for r in rs)}
+    if not timed:
+        return []
+    stages = list(dict.fromkeys(s for rs in timed.values() for r in rs for s in r.seconds))
+    lines = [
+        "",
+        "Where a run's time went, minutes (the first rounds' base answers and the stack's "
+        "start are before the first chat, and not counted):",
+        "",
+        "| family | mode | seed | run | " + " | ".join(stages) + " | other |",
+        "|---|---|---:|---:|" + "---:|" * (len(stages) + 1),
+    ]
+    for (family, mode, seed), rs in timed.items():
+        spent = {s: sum(r.seconds.get(s, 0.0) for r in rs) for s in stages}
+        total = max(r.elapsed_s for r in rs)
+        other = max(0.0, total - sum(spent.values()))
+        cells = " | ".join(f"{spent[s] / 60:.1f}" for s in stages)
+        lines.append(f"| {family} | {mode} | {seed} | {total / 60:.1f} | {cells} "
+                     f"| {other / 60:.1f} |")  # fmt: skip
     return lines
 
 
@@ -499,8 +532,9 @@ def run_rounds(
         progress = _every(32, f"{label} round {r}", n, accepted, budget)
         stats = asyncio.run(simulator.run(n, progress=progress))
         done, accepted = done + n, accepted + stats.accepted
+        seconds = {"chats": time.monotonic() - t}
         log.info("%s round %d: %d chats simulated in %.0f s, %d feedback accepted of %d: %s",
-                 label, r, n, time.monotonic() - t, accepted, budget,
+                 label, r, n, seconds["chats"], accepted, budget,
                  stats.summary())  # fmt: skip
         if stats.accepted == 0:
             raise RuntimeError(f"round {r}: no feedback accepted ({stats.errors} chat errors)")
@@ -510,13 +544,16 @@ def run_rounds(
         t = time.monotonic()
         report = run_round()
         round_s = time.monotonic() - t
-        log.info("%s round %d: %s %s %s in %.0f s", label, r, report["outcome"],
-                 report.get("version") or "", report.get("reasons"), round_s)  # fmt: skip
+        seconds.update(report.get("seconds") or {})
+        log.info("%s round %d: %s %s %s in %.0f s (%s)", label, r, report["outcome"],
+                 report.get("version") or "", report.get("reasons"), round_s,
+                 ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))  # fmt: skip
         current = dataclasses.replace(
             current, round=r, outcome=report["outcome"], feedback_consumed=consumed,
             feedback_accepted=accepted, chats=done, pairs=store.count(s.pairs),
             labels=store.count(s.labels), round_s=round_s,
-            reasons=[str(x) for x in report.get("reasons") or []],
+            reasons=[str(x) for x in report.get("reasons") or []], seconds=seconds,
+            teacher_pairs=int((report.get("teacher") or {}).get("pairs") or 0),
         )  # fmt: skip
         if report["outcome"] == "published":
             # Judged at once, as an operator would who promotes each new canary: this
@@ -525,8 +562,10 @@ def run_rounds(
                 stable=report["version"], action="promote", reason="learning bench"
             )
             wait_served(stack.url, report["version"])
+            t = time.monotonic()
             now = judged(stack.url, held_out, population, max_tokens, config.concurrency)
             current = judged_row(current, now, base)
+            seconds["judge"] = time.monotonic() - t
         # else the served version stays: same answers, same judgment
         current = dataclasses.replace(current, elapsed_s=time.monotonic() - started)
         log.info("%s round %d: %s win rate %s, repetition %.3f (base %.3f)", label, r,

@@ -185,6 +185,18 @@ def test_summary_and_markdown_say_it_per_family_and_mode() -> None:
     text = "\n".join(markdown(rows))
     assert "| summary | fused | 0 | livealign@2 | 0.780 [0.68, 0.88] | 1,400 |" in text
     assert "(n = 70)" in text and "Every round:" in text
+    assert "Where a run's time went" not in text  # no run recorded it
+
+
+def test_markdown_says_where_a_runs_time_went() -> None:
+    rows = run("summary", "fused", [0.65, 0.78])
+    for r, (chats, policy) in zip(rows[1:], [(120.0, 600.0), (240.0, 660.0)], strict=True):
+        r.seconds = {"chats": chats, "policy": policy}
+        r.elapsed_s = 1800.0 * r.round
+    text = "\n".join(markdown(rows))
+    # 6 + 21 min of 60: the other 33 are settling, catching up, serving.
+    assert "| family | mode | seed | run | chats | policy | other |" in text
+    assert "| summary | fused | 0 | 60.0 | 6.0 | 21.0 | 33.0 |" in text
 
 
 def test_command_line_families_and_modes() -> None:
@@ -261,8 +273,9 @@ def test_loop_spends_the_budget_in_rounds_and_judges_what_it_publishes(
     monkeypatch.setattr(bench, "judged", lambda url, ps, pop, mt, c=4: Judged(
         ["a"] * 4, served[promoted[-1]], [12] * 4, [0.03] * 4, promoted[-1]))  # fmt: skip
     reports: Iterator[dict[str, Any]] = iter([
-        {"outcome": "published", "version": "livealign@1"},
-        {"outcome": "rejected", "reasons": ["fluency"]},
+        {"outcome": "published", "version": "livealign@1",
+         "seconds": {"reward": 60.0, "policy": 300.0}, "teacher": {"pairs": 12}},
+        {"outcome": "rejected", "reasons": ["fluency"], "teacher": None},
         {"outcome": "published", "version": "livealign@2"},
     ])  # fmt: skip
 
@@ -297,3 +310,7 @@ def test_loop_spends_the_budget_in_rounds_and_judges_what_it_publishes(
     assert {r.family for r in rows} == {"summary"} and {r.seed for r in rows} == {3}
     assert rows[0].repetition == 0.01 and last.repetition == 0.03 and last.args == {"x": 1}
     assert promoted == ["livealign@1", "livealign@2"]
+    # Where the time went: the trainer's stages as reported, chats and judging measured.
+    assert {"chats", "reward", "policy", "judge"} == set(first.seconds)
+    assert first.seconds["policy"] == 300.0 and first.teacher_pairs == 12
+    assert "judge" not in rejected.seconds and rejected.teacher_pairs == 0
