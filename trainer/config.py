@@ -137,7 +137,13 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(0, description="Seeds LoRA init, resampling and data order.")
     num_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads while training; None leaves torch's setting."
+        None,
+        ge=1,
+        description="torch CPU threads for a round (training, scoring, the gate's answers). "
+        "None: every core the trainer may run on. Ray limits an actor's OpenMP threads to its "
+        "reserved CPUs (1), which ran a whole round on one core of the two-core machine while "
+        "serving idled; serving and the trainer now share the cores as the OS schedules them "
+        "(Ray starts both at the same niceness). Set it to keep cores free for serving.",
     )
     reward_lr: float = Field(2e-4, ge=0, description="Reward-model learning rate (LoRA + head).")
     reward_epochs: float = Field(

@@ -34,7 +34,7 @@ from trainer.config import ROUNDS_LOG, TrainerConfig
 from trainer.gate import evaluate
 from trainer.registry import DataWindow, Registry
 from trainer.teacher import Lesson, Sampler, TeacherReport, cut_ids, teach
-from trainer.train import RewardModel, train_policy, train_reward_model
+from trainer.train import RewardModel, threads, train_policy, train_reward_model
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ class Trainer:
         m.ROUNDS.labels("started").inc()
         memory.reset_peak()
         try:
-            self._run(report)
+            with threads(self.config.train.num_threads):  # reward scoring and the gate too
+                self._run(report)
         except Exception as exc:
             report.outcome, report.reasons = "failed", [f"{type(exc).__name__}: {exc}"]
             log.exception("training round failed")

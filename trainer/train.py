@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import json
 import logging
+import os
 import random
 import tempfile
 import time
@@ -129,14 +130,24 @@ def completion_ids(
 # ---- shared plumbing -----------------------------------------------------------------------
 
 
+def cpu_threads(n: int | None = None) -> int:
+    """`n`, or every core this process may run on. Not torch's own default: inside a Ray
+    actor that is the actor's reserved CPUs (Ray sets OMP_NUM_THREADS to them, 1 for the
+    trainer), which left a round on one core of two while serving sat idle."""
+    if n is not None:
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """torch's thread count is process-global: set it for the run, then put it back."""
-    if n is None:
-        yield
-        return
+def threads(n: int | None) -> Iterator[None]:
+    """torch's thread count is process-global: set it (`cpu_threads(n)`) for the run, then
+    put it back."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(cpu_threads(n))
     try:
         yield
     finally:
@@ -581,7 +592,7 @@ def train_policy(
     losses: dict[str, float] = {}
     adapter = parent_adapter
     with (
-        _threads(config.num_threads),
+        threads(config.num_threads),
         _quiet_datasets(),
         tempfile.TemporaryDirectory(prefix="livealign-") as tmp,
     ):
@@ -760,7 +771,7 @@ def train_reward_model(
     picks = weighted_resample([p.weight for p in pairs], n, random.Random(config.seed))
     cb = _ProgressCallback("reward", 0, steps, progress)
     with (
-        _threads(config.num_threads),
+        threads(config.num_threads),
         _quiet_datasets(),
         tempfile.TemporaryDirectory(prefix="livealign-rm-") as tmp,
     ):

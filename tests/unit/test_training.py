@@ -30,9 +30,11 @@ from trainer.train import (
     _load_policy,
     _lora,
     _prepared,
+    cpu_threads,
     end_of_turn,
     load_tokenizer,
     prompt_ids,
+    threads,
     train_policy,
     train_reward_model,
     weighted_resample,
@@ -125,6 +127,21 @@ def reward_dir(base: Path, workdir: Path) -> tuple[Path, float | None]:
     assert result.n_train == len(YES_PAIRS) and result.n_eval == len(HELD_OUT)
     assert result.steps == 6
     return result.model_dir, result.held_out_accuracy
+
+
+def test_a_round_uses_every_core_not_rays_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray starts the trainer actor with OMP_NUM_THREADS=1 (its reserved CPU), so torch's
+    # own default is one thread; None means the cores the process may run on.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert cpu_threads(None) == 3 and cpu_threads(1) == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threads(None):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1  # put back
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_weighted_resample_follows_weights() -> None:
