@@ -88,8 +88,8 @@ class TrainConfig(BaseModel):
         ge=1,
         description="With `epochs` None, optimizer steps a stage takes: a round of 64 pairs "
         "gets 3 passes at batch 8, one of 400 pairs half a pass (its heavier records "
-        "first). On SmolLM2-135M with 80-token answers a DPO step at batch 8 takes ~16 s "
-        "on two CPU cores.",
+        "first). On SmolLM2-135M with 80-token answers a DPO step at batch 8 takes ~9 s "
+        "on two CPU cores (~12 s on one), a KTO step ~4 s.",
     )
     max_epochs: float = Field(
         3.0,
