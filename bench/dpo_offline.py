@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from livealign.models import prepare_smollm2
 from livealign.prompts import Prompt, load_prompts, split
 from livealign.simulate import outcomes
 from livealign.users import FAMILIES, realistic, rewrite, score
+from serving.config import EngineConfig
 from streaming.events import ChatMessage, PreferenceLabel, PreferencePair
 from trainer.config import TrainConfig
 from trainer.gate_checks import wilson_interval
@@ -136,6 +138,11 @@ def main() -> None:
     base = prepare_smollm2(Path.home() / ".cache" / "livealign" / "models")
     train_prompts, held = split(load_prompts(), 0.2)
     held = held[: args.prompts]
+    # The KV cache serving's engine gets (vLLM's CPU default is a share of all memory,
+    # which it refuses to start with when another process holds some).
+    os.environ.setdefault(
+        "VLLM_CPU_KVCACHE_SPACE", str(EngineConfig.model_fields["kv_cache_gib"].default)
+    )
     llm = LLM(model=str(base), dtype="bfloat16", max_model_len=2048, seed=args.seed,
               enable_lora=True, max_lora_rank=64)  # fmt: skip
     pairs, labels, cut = edit_pairs(

@@ -143,8 +143,11 @@ async def side(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_side(args: argparse.Namespace, name: str, adapters: list[Path]) -> dict[str, Any]:
-    env = dict(os.environ)
+def run_side(
+    args: argparse.Namespace, name: str, adapters: list[Path], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One side in a process of its own; `env`: more environment for it."""
+    env = {**os.environ, **(env or {})}
     # VLLM_PLUGINS names the plugins vLLM may load; a name no plugin has: none of them.
     env["VLLM_PLUGINS"] = "livealign_lora_cpu" if name == "livealign" else "none"
     cmd = [
@@ -156,12 +159,17 @@ def run_side(args: argparse.Namespace, name: str, adapters: list[Path]) -> dict[
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and the speed measurement's size (run_side passes them to a side)."""
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--rounds", type=int, default=4, help="base/adapter rounds, alternating")
+    parser.add_argument("--batch", type=int, default=8, help="requests a round")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens a request")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=64)
+    add_arguments(parser)
     parser.add_argument("--side", choices=["vllm", "livealign"], help=argparse.SUPPRESS)
     parser.add_argument("--adapters", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
