@@ -60,10 +60,13 @@ class TrainConfig(BaseModel):
         0.1, gt=0, description="DPO beta: strength of the pull to the reference."
     )
     sft_weight: float = Field(
-        1.0,
+        3.0,
         ge=0,
         description="Weight of the SFT (NLL on the chosen answer) term added to the DPO sigmoid "
-        "loss; it keeps answers fluent. 0 gives plain DPO.",
+        "loss; it keeps answers fluent. 0 gives plain DPO. Measured on 90 `list` edit pairs "
+        "of 80-token answers (bench/dpo_offline.py, 70 held-out prompts, greedy): at 3 the "
+        "answers repeated 0.14 of their word 3-grams against 0.19-0.21 at 1 (base: 0.09-0.11), "
+        "in two runs, at the same or a higher mean utility (0.19 vs 0.15; 0.18 vs 0.18).",
     )
     kto_lr: float = Field(
         1e-4,
