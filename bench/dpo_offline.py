@@ -48,6 +48,12 @@ from trainer.train import train_policy
 # (the teacher's guard: it never makes such an answer the chosen one).
 LOOP = TeacherConfig.model_fields["max_repetition"].default
 
+
+def looping(judged: Judged) -> float:
+    """Share of the answers caught in a loop."""
+    return sum(r > LOOP for r in judged.repetition) / len(judged.repetition)
+
+
 RESULTS = Path(__file__).resolve().parent / "results" / "dpo_offline.json"
 
 
@@ -117,7 +123,7 @@ def row(name: str, now: Judged, base: Judged, seconds: float, extra: dict[str, A
         "beats_base_low": low, "beats_base_high": high,
         "repetition": mean(now.repetition), "train_s": seconds,
         # A mean of 0.2 is a few loops or every answer a little repetitive: which one.
-        "looping": sum(r > LOOP for r in now.repetition) / n,
+        "looping": looping(now),
         # What a loop looks like, when there is one: the answer that repeats most.
         "most_repetitive": max(zip(now.repetition, now.texts, strict=True))[1],
     }  # fmt: skip
@@ -175,13 +181,12 @@ def main() -> None:
             rows.append(row(json.dumps(extra), now, base_judged, seconds, extra))
             first = rows[0]
             r = rows[-1]
-            base_loops = sum(x > LOOP for x in base_judged.repetition) / len(held)
             ratio = f"x{r['utility'] / first['utility']:.2f}" if first["utility"] else "n/a"
             print(f"{r['config']}: utility {r['utility']:.3f} ({ratio} of the first), beats "
                   f"base {r['beats_base']:.2f} [{r['beats_base_low']:.2f}, "
                   f"{r['beats_base_high']:.2f}], repetition {r['repetition']:.3f} (base "
                   f"{mean(base_judged.repetition):.3f}), looping {r['looping']:.2f} (base "
-                  f"{base_loops:.2f}), trained in {seconds:.0f} s "
+                  f"{looping(base_judged):.2f}), trained in {seconds:.0f} s "
                   f"(x{seconds / first['train_s']:.2f})", flush=True)  # fmt: skip
             print("  e.g.", repr(texts[0][:120]), flush=True)
             print("  most repetitive:", repr(r["most_repetitive"][:240]), flush=True)
