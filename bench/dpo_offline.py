@@ -13,7 +13,8 @@ configuration: mean utility, the share of held-out prompts where the answer beat
 base's by more than 0.02 (ties count half, as in bench/learning.py) with its 95% Wilson
 interval, word-3-gram repetition, training seconds, and each against the first
 configuration (the defaults unless told otherwise), measured in the same run.
-Rows go to bench/results/dpo_offline.json.
+Each run is appended to bench/results/dpo_offline_<family>.json, with the trainer defaults
+it ran on (a configuration is overrides of those).
 
     python bench/dpo_offline.py --family summary --pairs 90 \\
         --config '{}' --config '{"sft_weight": 3.0, "dpo_lr": 3e-4}'
@@ -54,7 +55,17 @@ def looping(judged: Judged) -> float:
     return sum(r > LOOP for r in judged.repetition) / len(judged.repetition)
 
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dpo_offline.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def append_run(family: str, run: dict[str, Any]) -> Path:
+    """Add `run` to the family's list of runs (a run's rows are only comparable with each
+    other: each run draws its own pairs and base answers)."""
+    path = RESULTS / f"dpo_offline_{family}.json"
+    runs = json.loads(path.read_text()) if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([*runs, run], indent=1) + "\n")
+    return path
 
 
 def edit_pairs(
@@ -190,11 +201,15 @@ def main() -> None:
                   f"(x{seconds / first['train_s']:.2f})", flush=True)  # fmt: skip
             print("  e.g.", repr(texts[0][:120]), flush=True)
             print("  most repetitive:", repr(r["most_repetitive"][:240]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"family": args.family, "pairs": len(pairs),
-                                   "labels": len(labels),
-                                   "base_repetition": mean(base_judged.repetition),
-                                   "rows": rows}, indent=1) + "\n")  # fmt: skip
+    run = {"family": args.family, "pairs": len(pairs), "labels": len(labels),
+           "prompts": len(held), "seed": args.seed, "base_utility": mean(base_judged.scores),
+           "base_repetition": mean(base_judged.repetition),
+           "base_looping": looping(base_judged),
+           "defaults": TrainConfig().model_dump(mode="json"), "rows": rows}  # fmt: skip
+    print("rows appended to", append_run(args.family, run))
+    # Without it the process waits on vLLM's engine after the last row, and killing the
+    # bench then leaves the engine's own process (VLLM::EngineCore) running.
+    llm.llm_engine.engine_core.shutdown()
 
 
 if __name__ == "__main__":
