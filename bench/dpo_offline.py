@@ -17,7 +17,7 @@ Each run is appended to bench/results/dpo_offline_<family>.json, with the traine
 it ran on (a configuration is overrides of those).
 
     python bench/dpo_offline.py --family summary --pairs 90 \\
-        --config '{}' --config '{"sft_weight": 3.0, "dpo_lr": 3e-4}'
+        --config '{}' --config '{"loop_weight": 0, "dpo_lr": 2e-4}'
 """
 
 from __future__ import annotations
