@@ -476,12 +476,10 @@ def _plan_dpo(
     # The schedule is the users' pairs': loop pairs share their steps, they add none.
     sched = plan(len(pairs), config)
     loops = loop_pairs(pairs, config.loop_weight, config.seed)
-    if loops:
-        log.info("dpo: %d loop pairs at weight %g", len(loops), config.loop_weight)
-        pairs = pairs + loops
-        cut = cut | {p.rejected_response_id for p in loops}
+    log.info("dpo plan: %d pairs + %d loop pairs, %s", len(pairs), len(loops), sched.as_dict())
+    pairs = pairs + loops
+    cut = cut | {p.rejected_response_id for p in loops}
     picks = weighted_resample([p.weight for p in pairs], sched.samples, rng)
-    log.info("dpo plan: %d pairs, %s", len(pairs), sched.as_dict())
     return _Stage("dpo", _dpo_rows(pairs, picks, cut), sched.batch * config.grad_accum)
 
 
